@@ -1,4 +1,10 @@
 """correspondence: matching, batched robust estimation (RANSAC) in torch, learned outlier
 filtering (CNe) and dense alignment (RANSAC-Flow)."""
+from .matching import match_descriptors, match_descriptors_batch, matches_from_batch, nearest_neighbours
 
-__all__ = []
+__all__ = [
+    "match_descriptors",
+    "match_descriptors_batch",
+    "matches_from_batch",
+    "nearest_neighbours",
+]
