@@ -6,6 +6,8 @@ Drop-in replacement for ``cv2.SIFT_create()``; see :func:`detect_and_describe` a
 """
 from .features import DESCRIPTOR_SUPPORT, Features
 from .image import ImageError, load_image, to_gray_tensor
+from .model import LIFTModel, WeightsError
+from .pipeline import LIFT, LIFTConfig, detect_and_describe
 
 __version__ = "0.1.0"
 
@@ -13,6 +15,11 @@ __all__ = [
     "DESCRIPTOR_SUPPORT",
     "Features",
     "ImageError",
+    "LIFT",
+    "LIFTConfig",
+    "LIFTModel",
+    "WeightsError",
+    "detect_and_describe",
     "load_image",
     "to_gray_tensor",
 ]

@@ -1,0 +1,185 @@
+"""Differentiable glue between the three networks: soft-argmax and spatial-transformer crops.
+
+Patch geometry convention (used by training and inference alike):
+    A keypoint (x, y, sigma, theta) owns the square window of half-width ``support * sigma``
+    (``support`` = 6 for orientation/descriptor patches, see :data:`lift.DESCRIPTOR_SUPPORT`),
+    centred at (x, y), whose x axis points along ``(cos theta, sin theta)`` in the image (y down,
+    so positive theta turns clockwise on screen). A patch of side S samples that window at the
+    centres of an S x S grid: patch pixel (i, j) (row i, column j) shows the image point
+    ``c + support * sigma * R(theta) @ (u_j, u_i)`` with ``u_k = (2k + 1) / S - 1`` and
+    ``R(theta) = [[cos, -sin], [sin, cos]]``. Pixel centres are at integer image coordinates
+    (top-left pixel centre = (0, 0)); ``grid_sample`` runs with ``align_corners=False``.
+
+    The scale of the crop comes from sigma alone. (tf-lift's ``make_theta`` reads the scale
+    exponent from the y coordinate instead of z; this implementation does not.)
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["soft_argmax", "soft_max_score", "patch_affine", "extract_patches",
+           "extract_patches_pyramid", "build_pyramid", "blur_downsample"]
+
+
+def soft_argmax(scores: torch.Tensor, beta: float = 10.0) -> torch.Tensor:
+    """Differentiable arg-max of score maps.
+
+    ``x = sum_p softmax(beta * S)_p * x_p`` (and y), computed stably by subtracting the max.
+
+    Args:
+        scores: ``B x H x W`` (or ``B x 1 x H x W``) score maps.
+        beta: inverse temperature (LIFT: 10). Larger is closer to the hard arg-max.
+
+    Returns:
+        ``B x 2`` expected (x, y) in pixel coordinates of the map (column, row; the centre of
+        the top-left cell is (0, 0)).
+    """
+    if scores.ndim == 4:
+        if scores.shape[1] != 1:
+            raise ValueError("soft_argmax expects single-channel maps")
+        scores = scores[:, 0]
+    if scores.ndim != 3:
+        raise ValueError(f"soft_argmax expects B x H x W maps, got {tuple(scores.shape)}")
+    b, h, w = scores.shape
+    flat = scores.reshape(b, -1) * beta
+    prob = torch.softmax(flat - flat.amax(1, keepdim=True).detach(), dim=1).reshape(b, h, w)
+    xs = torch.arange(w, dtype=scores.dtype, device=scores.device)
+    ys = torch.arange(h, dtype=scores.dtype, device=scores.device)
+    x = (prob.sum(1) * xs).sum(1)
+    y = (prob.sum(2) * ys).sum(1)
+    return torch.stack([x, y], 1)
+
+
+def soft_max_score(scores: torch.Tensor, beta: float = 10.0) -> torch.Tensor:
+    """LIFT's patch score: log-mean-exp soft maximum, ``(1/beta) log mean exp(beta (S - max)) + max``.
+
+    Args:
+        scores: ``B x H x W`` or ``B x 1 x H x W``. Returns ``B``.
+    """
+    flat = scores.reshape(scores.shape[0], -1)
+    m = flat.amax(1, keepdim=True)
+    return (torch.log(torch.exp(beta * (flat - m)).mean(1)) / beta + m[:, 0])
+
+
+def patch_affine(keypoints: torch.Tensor, scales: torch.Tensor, oris: Optional[torch.Tensor],
+                 image_size: Tuple[int, int], support: float) -> torch.Tensor:
+    """Affine ``theta`` (``N x 2 x 3``) for ``F.affine_grid`` (``align_corners=False``) that maps
+    normalised patch coordinates to normalised image coordinates.
+
+    Args:
+        keypoints: ``N x 2`` (x, y) pixels. scales: ``N`` sigma in pixels.
+        oris: ``N`` radians (clockwise on screen) or None for upright patches.
+        image_size: (W, H) of the image that will be sampled.
+        support: window half-width in units of sigma.
+    """
+    w, h = image_size
+    r = support * scales
+    if oris is None:
+        c, s = torch.ones_like(r), torch.zeros_like(r)
+    else:
+        c, s = torch.cos(oris), torch.sin(oris)
+    sx, sy = 2.0 / w, 2.0 / h
+    theta = torch.stack([
+        torch.stack([sx * r * c, -sx * r * s, sx * (2 * keypoints[:, 0] + 1) / 2 - 1], 1),
+        torch.stack([sy * r * s, sy * r * c, sy * (2 * keypoints[:, 1] + 1) / 2 - 1], 1),
+    ], 1)
+    return theta
+
+
+def extract_patches(image: torch.Tensor, keypoints: torch.Tensor, scales: torch.Tensor,
+                    oris: Optional[torch.Tensor] = None, patch_size: int = 32,
+                    support: float = 6.0, padding_mode: str = "border",
+                    batch_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Crop-and-rotate patches with a spatial transformer (differentiable in everything).
+
+    Args:
+        image: ``B x C x H x W``.
+        keypoints: ``N x 2`` (x, y) pixels; scales: ``N`` sigma; oris: ``N`` radians or None.
+        patch_size: output side S. support: half-width of the window in units of sigma.
+        batch_index: ``N`` int64 index of each keypoint's image in the batch (required when
+            B > 1; with B == 1 every keypoint belongs to image 0).
+
+    Returns:
+        ``N x C x S x S`` patches. No anti-aliasing: use :func:`extract_patches_pyramid` when
+        the window is much larger than S pixels.
+    """
+    b, ch, h, w = image.shape
+    n = keypoints.shape[0]
+    if n == 0:
+        return image.new_zeros((0, ch, patch_size, patch_size))
+    if batch_index is None:
+        if b != 1:
+            raise ValueError("extract_patches needs batch_index when the image batch has B > 1")
+        batch_index = torch.zeros(n, dtype=torch.long, device=image.device)
+    theta = patch_affine(keypoints.to(image.dtype), scales.to(image.dtype),
+                         None if oris is None else oris.to(image.dtype), (w, h), support)
+    grid = F.affine_grid(theta, (n, 1, patch_size, patch_size), align_corners=False)
+    # sample all patches of one image in a single grid_sample call: stack the grids along H
+    out = image.new_empty((n, ch, patch_size, patch_size))
+    for bi in torch.unique(batch_index).tolist():
+        sel = torch.nonzero(batch_index == bi).squeeze(1)
+        g = grid[sel].reshape(1, -1, patch_size, 2)
+        p = F.grid_sample(image[bi:bi + 1], g, mode="bilinear", padding_mode=padding_mode,
+                          align_corners=False)
+        out[sel] = p.reshape(ch, len(sel), patch_size, patch_size).transpose(0, 1)
+    return out
+
+
+def blur_downsample(image: torch.Tensor) -> torch.Tensor:
+    """Halve ``B x C x H x W`` with a [1, 4, 6, 4, 1]/16 Gaussian (OpenCV ``pyrDown`` filter);
+    pixel centres follow the convention ``x_half = (x + 0.5) / 2 - 0.5``."""
+    k1 = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=image.dtype, device=image.device) / 16
+    b, c, h, w = image.shape
+    x = image.reshape(b * c, 1, h, w)
+    x = F.pad(x, (2, 2, 2, 2), mode="replicate")
+    x = F.conv2d(x, k1.view(1, 1, 1, 5))
+    x = F.conv2d(x, k1.view(1, 1, 5, 1))
+    # box-phase decimation: average the two phases so pixel (i) of the half image sits at 2i+0.5
+    x = F.avg_pool2d(x, 2, ceil_mode=True)
+    return x.reshape(b, c, x.shape[-2], x.shape[-1])
+
+
+def build_pyramid(image: torch.Tensor, num_levels: int) -> List[torch.Tensor]:
+    """Gaussian pyramid ``[image, image / 2, image / 4, ...]`` (stops before a side < 8 px)."""
+    pyr = [image]
+    for _ in range(num_levels - 1):
+        if min(pyr[-1].shape[-2:]) < 16:
+            break
+        pyr.append(blur_downsample(pyr[-1]))
+    return pyr
+
+
+def extract_patches_pyramid(pyramid: Sequence[torch.Tensor], keypoints: torch.Tensor,
+                            scales: torch.Tensor, oris: Optional[torch.Tensor] = None,
+                            patch_size: int = 32, support: float = 6.0,
+                            batch_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Anti-aliased patch extraction: each patch is sampled from the pyramid level whose pixel
+    step is closest below the patch's step (``2 support sigma / S`` image pixels per patch
+    pixel), so that bilinear sampling never skips more than one level pixel.
+
+    Args:
+        pyramid: from :func:`build_pyramid`, level l is the image at scale 2^-l.
+        Other arguments and the output as :func:`extract_patches` (keypoints in level-0
+        pixels).
+    """
+    n = keypoints.shape[0]
+    base = pyramid[0]
+    if n == 0:
+        return base.new_zeros((0, base.shape[1], patch_size, patch_size))
+    if batch_index is None:
+        batch_index = torch.zeros(n, dtype=torch.long, device=base.device)
+    step = 2.0 * support * scales / patch_size
+    level = torch.floor(torch.log2(step.clamp_min(1.0))).long().clamp(0, len(pyramid) - 1)
+    out = base.new_empty((n, base.shape[1], patch_size, patch_size))
+    for lev in torch.unique(level).tolist():
+        sel = torch.nonzero(level == lev).squeeze(1)
+        f = 2.0 ** lev
+        kp = (keypoints[sel] + 0.5) / f - 0.5
+        out[sel] = extract_patches(pyramid[lev], kp, scales[sel] / f,
+                                   None if oris is None else oris[sel], patch_size, support,
+                                   batch_index=batch_index[sel])
+    return out
+

@@ -1,0 +1,443 @@
+"""The LIFT runtime: image -> scale space -> detector scores -> NMS over space and scale ->
+refinement -> orientation -> descriptors, batched over images and keypoints.
+
+``detect_and_describe(image)`` is the one-call API; :class:`LIFT` holds a model and the runtime
+knobs and also speaks OpenCV's ``Feature2D`` dialect (``LIFT.create(...).detectAndCompute``).
+Conventions of the outputs: :mod:`lift.features`.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, fields
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .features import DESCRIPTOR_SUPPORT, Features, keypoints_from_cv2
+from .glue import build_pyramid, extract_patches_pyramid
+from .image import ImageError, to_gray_tensor
+from .model import LIFTModel
+
+__all__ = ["LIFT", "LIFTConfig", "detect_and_describe"]
+
+
+@dataclass
+class LIFTConfig:
+    """Runtime knobs (defaults in brackets).
+
+    Attributes:
+        max_keypoints: keep at most this many keypoints per image, best scores first;
+            ``None`` or <= 0 keeps all [2048].
+        min_sigma, max_sigma: range of keypoint scales sigma searched, in pixels [1.0, 16.0].
+        scales_per_octave: scale-space samples per doubling of sigma [4].
+        nms_radius: spatial non-maximum suppression radius in detector pixels; a keypoint is
+            the maximum of a (2r+1)^2 window [2].
+        scale_nms: a keypoint must beat the neighbouring +-scale_nms scales [1].
+        edge_threshold: Hessian ratio r of the edge test tr^2/det < (r+1)^2/r; <= 0 disables [10].
+        score_threshold: minimum detector score; ``None`` disables [None].
+        refine: sub-pixel and sub-scale quadratic refinement [True].
+        upright: skip the orientation network, all orientations 0 [False].
+        patch_batch: patches per network call, bounds memory [4096].
+        tile_rows: the detector runs on horizontal stripes of at most this many rows of a
+            scale level, bounding memory on huge images [1024].
+    """
+
+    max_keypoints: Optional[int] = 2048
+    min_sigma: float = 1.0
+    max_sigma: float = 16.0
+    scales_per_octave: int = 4
+    nms_radius: int = 2
+    scale_nms: int = 1
+    edge_threshold: float = 10.0
+    score_threshold: Optional[float] = None
+    refine: bool = True
+    upright: bool = False
+    patch_batch: int = 4096
+    tile_rows: int = 1024
+
+    def __post_init__(self):
+        if not 0 < self.min_sigma <= self.max_sigma:
+            raise ValueError(f"need 0 < min_sigma <= max_sigma, got {self.min_sigma}, {self.max_sigma}")
+        if self.scales_per_octave < 1 or self.nms_radius < 0 or self.scale_nms < 0:
+            raise ValueError("scales_per_octave >= 1, nms_radius >= 0 and scale_nms >= 0 required")
+
+    def sigmas(self) -> List[float]:
+        n = int(math.floor(math.log2(self.max_sigma / self.min_sigma) * self.scales_per_octave + 1e-9))
+        return [self.min_sigma * 2.0 ** (i / self.scales_per_octave) for i in range(n + 1)]
+
+
+def _as_image_list(images) -> Tuple[List, bool]:
+    if isinstance(images, (list, tuple)):
+        return list(images), True
+    return [images], False
+
+
+class LIFT(nn.Module):
+    """LIFT feature extractor.
+
+    Args:
+        model: a :class:`~lift.model.LIFTModel`, a shipped weights name (``"default"``) or a
+            path to a weights file.
+        device: torch device to run on (default: CPU).
+        **knobs: :class:`LIFTConfig` fields, e.g. ``max_keypoints=4096``.
+
+    Example::
+
+        lift_ = LIFT(max_keypoints=2048)
+        feats = lift_.extract(image)                 # lift.Features
+        kps, desc = lift_.detectAndCompute(img, None)  # OpenCV-shaped
+    """
+
+    def __init__(self, model: Union[LIFTModel, str] = "default", device=None, **knobs):
+        super().__init__()
+        names = {f.name for f in fields(LIFTConfig)}
+        unknown = set(knobs) - names
+        if unknown:
+            raise TypeError(f"unknown LIFT option(s) {sorted(unknown)}; valid: {sorted(names)}")
+        self.conf = LIFTConfig(**knobs)
+        self.model = model if isinstance(model, LIFTModel) else LIFTModel.load(model)
+        self.model.eval()
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.model.to(self.device)
+
+    # ------------------------------------------------------------------ OpenCV dialect
+    @classmethod
+    def create(cls, nfeatures: int = 2048, model: Union[LIFTModel, str] = "default",
+               device=None, **knobs) -> "LIFT":
+        """OpenCV-style factory, usable where code calls ``cv2.SIFT_create(nfeatures)``
+        (``nfeatures=0`` keeps all keypoints, as in OpenCV)."""
+        return cls(model=model, device=device, max_keypoints=nfeatures if nfeatures > 0 else None,
+                   **knobs)
+
+    def detect(self, image, mask=None) -> tuple:
+        """Keypoints as a tuple of ``cv2.KeyPoint`` (OpenCV conventions)."""
+        return self.extract(image, mask=mask).to_cv2()[0]
+
+    def compute(self, image, keypoints) -> Tuple[tuple, Optional[np.ndarray]]:
+        """Descriptors at given ``cv2.KeyPoint``s (``size`` = 2 sigma; ``angle`` in degrees, -1
+        = estimate it with the orientation network). Returns ``(keypoints, N x D float32 or
+        None)``; keypoints are returned unchanged except that estimated angles are filled in."""
+        feats = self.describe(image, keypoints)
+        if len(feats) == 0:
+            return tuple(keypoints), None
+        return feats.to_cv2()
+
+    def detectAndCompute(self, image, mask=None, descriptors=None, useProvidedKeypoints=False):
+        """OpenCV's ``detectAndCompute(image, mask) -> (keypoints, descriptors)``."""
+        if useProvidedKeypoints:
+            raise ValueError("useProvidedKeypoints=True: call compute(image, keypoints) instead")
+        return self.extract(image, mask=mask).to_cv2()
+
+    def defaultNorm(self) -> int:
+        import cv2
+
+        return cv2.NORM_L2
+
+    def descriptorSize(self) -> int:
+        return self.model.descriptor.dim
+
+    def descriptorType(self) -> int:
+        import cv2
+
+        return cv2.CV_32F
+
+    def getDefaultName(self) -> str:
+        return "Feature2D.LIFT"
+
+    # ------------------------------------------------------------------ public extraction
+    @torch.inference_mode()
+    def extract(self, image, mask=None) -> Union[Features, List[Features]]:
+        """Detect and describe. ``image``: one image (numpy/torch, see :mod:`lift.image`) or a
+        list of images (then ``mask`` is None or a list, and a list of Features is returned;
+        images of equal size are processed as one batch)."""
+        images, is_list = _as_image_list(image)
+        masks = mask if isinstance(mask, (list, tuple)) else [mask] * len(images)
+        if len(masks) != len(images):
+            raise ValueError(f"{len(masks)} masks for {len(images)} images")
+        grays = [to_gray_tensor(im, device=self.device) for im in images]
+        out: List[Optional[Features]] = [None] * len(grays)
+        groups: Dict[Tuple[int, int], List[int]] = {}
+        for i, g in enumerate(grays):
+            groups.setdefault(tuple(g.shape[-2:]), []).append(i)
+        for (h, w), idx in groups.items():
+            batch = torch.stack([grays[i] for i in idx])
+            mbatch = [self._mask_tensor(masks[i], h, w) for i in idx]
+            for i, f in zip(idx, self._extract_batch(batch, mbatch)):
+                out[i] = f
+        return out if is_list else out[0]
+
+    @torch.inference_mode()
+    def describe(self, image, keypoints) -> Features:
+        """Orientation (where missing) and descriptors at given keypoints.
+
+        ``keypoints``: sequence of ``cv2.KeyPoint`` or a :class:`Features` (its keypoints,
+        scales and oris are used; NaN oris are estimated)."""
+        gray = to_gray_tensor(image, device=self.device)
+        h, w = gray.shape[-2:]
+        if isinstance(keypoints, Features):
+            kpts, scales, oris, scores = (keypoints.keypoints, keypoints.scales,
+                                          keypoints.oris.copy(), keypoints.scores)
+        else:
+            kpts, scales, oris, scores = keypoints_from_cv2(keypoints)
+            given = np.array([k.angle >= 0 for k in keypoints], dtype=bool).reshape(-1)
+            oris = np.where(given, oris, np.nan).astype(np.float32)
+        if len(kpts) == 0 or h == 0 or w == 0:
+            return Features.empty((w, h), self.model.descriptor.dim)
+        if not (np.isfinite(kpts).all() and np.isfinite(scales).all() and (scales > 0).all()):
+            raise ValueError("keypoints must have finite coordinates and positive sizes")
+        dev = self.device
+        kp_t = torch.from_numpy(kpts).to(dev)
+        sc_t = torch.from_numpy(scales).to(dev)
+        or_t = torch.from_numpy(oris).to(dev)
+        pyr = self._pyramid(gray[None], sc_t.max().item())
+        bidx = torch.zeros(len(kp_t), dtype=torch.long, device=dev)
+        missing = ~torch.isfinite(or_t)
+        if missing.any():
+            est = self._orientations(pyr, kp_t[missing], sc_t[missing], bidx[missing])
+            or_t = or_t.clone()
+            or_t[missing] = est
+        desc = self._descriptors(pyr, kp_t, sc_t, or_t, bidx)
+        return Features(kpts, scales, or_t.cpu().numpy(), scores, desc.cpu().numpy(), (w, h))
+
+    # ------------------------------------------------------------------ internals
+    def _mask_tensor(self, mask, h: int, w: int) -> Optional[torch.Tensor]:
+        if mask is None:
+            return None
+        m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+        if m.ndim == 3 and m.shape[-1] == 1:
+            m = m[..., 0]
+        if m.shape != (h, w):
+            raise ImageError(f"mask has shape {tuple(m.shape)}, image is {h} x {w}")
+        return (m != 0).to(self.device)
+
+    def _pyramid(self, gray: torch.Tensor, max_sigma: float) -> List[torch.Tensor]:
+        size = self.model.descriptor.input_size
+        step = 2.0 * DESCRIPTOR_SUPPORT * max_sigma / size
+        levels = max(1, int(math.floor(math.log2(max(step, 1.0)))) + 1)
+        return build_pyramid(gray, levels)
+
+    def _run_chunks(self, net, pyr, kp, sc, ori, bidx, size) -> torch.Tensor:
+        outs = []
+        for s in range(0, len(kp), self.conf.patch_batch):
+            sl = slice(s, s + self.conf.patch_batch)
+            patches = extract_patches_pyramid(pyr, kp[sl], sc[sl], None if ori is None else ori[sl],
+                                              size, DESCRIPTOR_SUPPORT, bidx[sl])
+            outs.append(net(patches))
+        return torch.cat(outs)
+
+    def _orientations(self, pyr, kp, sc, bidx) -> torch.Tensor:
+        net = self.model.orientation
+        return torch.atan2(*self._run_chunks(net, pyr, kp, sc, None, bidx, net.input_size)
+                           .flip(1).unbind(1))
+
+    def _descriptors(self, pyr, kp, sc, ori, bidx) -> torch.Tensor:
+        net = self.model.descriptor
+        return self._run_chunks(net, pyr, kp, sc, ori, bidx, net.input_size)
+
+    def _score_level(self, level: torch.Tensor) -> torch.Tensor:
+        """Detector scores for one resized level (``B x 1 x h x w`` -> same, -inf border),
+        computed on horizontal stripes to bound memory."""
+        det = self.model.detector
+        h = level.shape[-2]
+        rows = max(self.conf.tile_rows, 2 * det.kernel_size)
+        if h <= rows:
+            return det.score_map(level)
+        b = det.border
+        out = []
+        for top in range(0, h - 2 * b, rows):
+            stripe = level[..., top:min(h, top + rows + 2 * b), :]
+            out.append(det(stripe))
+        valid = torch.cat(out, dim=-2)
+        return F.pad(valid, (b, b, b, b), value=-math.inf)
+
+    def _detect(self, batch: torch.Tensor, masks: Sequence[Optional[torch.Tensor]]):
+        """Keypoints of a ``B x 1 x H x W`` batch. Returns per image (xy N x 2, sigma N, score N)."""
+        conf, det = self.conf, self.model.detector
+        bsz, _, h, w = batch.shape
+        min_side = det.kernel_size + 2 * max(conf.nms_radius, 1) + 2
+        levels = []  # (sigma, fx, fy, scores B x h x w, pooled B x h x w)
+        for sigma in conf.sigmas():
+            f = det.px_per_sigma / sigma
+            lh, lw = int(round(h * f)), int(round(w * f))
+            if min(lh, lw) < min_side:
+                continue
+            img = batch if (lh, lw) == (h, w) else F.interpolate(
+                batch, size=(lh, lw), mode="bilinear", align_corners=False, antialias=f < 1)
+            s = self._score_level(img)[:, 0]
+            r = conf.nms_radius
+            pooled = F.max_pool2d(s[:, None], 2 * r + 1, stride=1, padding=r)[:, 0] if r > 0 else s
+            levels.append((sigma, lw / w, lh / h, s, pooled))
+        empty = [(batch.new_zeros((0, 2)), batch.new_zeros(0), batch.new_zeros(0))] * bsz
+        if not levels:
+            return empty
+        cand = []  # rows: b, x_orig, y_orig, sigma, score
+        for k, (sigma, fx, fy, s, pooled) in enumerate(levels):
+            is_max = (s == pooled) & torch.isfinite(s)
+            if conf.score_threshold is not None:
+                is_max &= s > conf.score_threshold
+            bi, yi, xi = torch.nonzero(is_max, as_tuple=True)
+            if len(bi) == 0:
+                continue
+            val = s[bi, yi, xi]
+            keep = torch.ones_like(val, dtype=torch.bool)
+            xo = (xi.to(batch.dtype) + 0.5) / fx - 0.5  # position in the original image
+            yo = (yi.to(batch.dtype) + 0.5) / fy - 0.5
+            nb_vals = {}
+            for dk in range(-conf.scale_nms, conf.scale_nms + 1):
+                if dk == 0 or not 0 <= k + dk < len(levels):
+                    continue
+                _, fx2, fy2, s2, pooled2 = levels[k + dk]
+                x2 = ((xo + 0.5) * fx2 - 0.5).round().long().clamp(0, s2.shape[-1] - 1)
+                y2 = ((yo + 0.5) * fy2 - 0.5).round().long().clamp(0, s2.shape[-2] - 1)
+                keep &= val > pooled2[bi, y2, x2]
+                nb_vals[dk] = s2[bi, y2, x2]
+            # spatial derivatives of the score at the candidate (3 x 3 neighbourhood)
+            hh, ww = s.shape[-2:]
+            inside = (xi > 0) & (xi < ww - 1) & (yi > 0) & (yi < hh - 1)
+            keep &= inside
+            xc, yc = xi.clamp(1, ww - 2), yi.clamp(1, hh - 2)
+
+            def at(dy, dx):
+                return s[bi, yc + dy, xc + dx]
+
+            dxx = at(0, 1) + at(0, -1) - 2 * val
+            dyy = at(1, 0) + at(-1, 0) - 2 * val
+            dxy = (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1)) / 4
+            gx = (at(0, 1) - at(0, -1)) / 2
+            gy = (at(1, 0) - at(-1, 0)) / 2
+            finite = torch.isfinite(dxx) & torch.isfinite(dyy) & torch.isfinite(dxy)
+            keep &= finite
+            tr, detm = dxx + dyy, dxx * dyy - dxy * dxy
+            if conf.edge_threshold > 0:
+                r = conf.edge_threshold
+                keep &= (detm > 0) & (tr * tr * r < (r + 1) ** 2 * detm)
+            score = val
+            lsig = torch.full_like(val, math.log2(sigma))
+            if conf.refine:
+                safe = detm.abs() > 1e-12
+                ox = torch.where(safe, -(dyy * gx - dxy * gy) / detm.where(safe, torch.ones_like(detm)), torch.zeros_like(gx))
+                oy = torch.where(safe, -(dxx * gy - dxy * gx) / detm.where(safe, torch.ones_like(detm)), torch.zeros_like(gy))
+                ok = (ox.abs() < 1.5) & (oy.abs() < 1.5)
+                keep &= ok
+                ox, oy = ox.clamp(-1, 1), oy.clamp(-1, 1)
+                xo = (xi.to(batch.dtype) + ox + 0.5) / fx - 0.5
+                yo = (yi.to(batch.dtype) + oy + 0.5) / fy - 0.5
+                score = val + 0.5 * (gx * ox + gy * oy)
+                if -1 in nb_vals and 1 in nb_vals:
+                    sm, sp = nb_vals[-1], nb_vals[1]
+                    dss = sp + sm - 2 * val
+                    ds = (sp - sm) / 2
+                    good = torch.isfinite(dss) & (dss < -1e-12)
+                    os_ = torch.where(good, -ds / dss.where(good, -torch.ones_like(dss)),
+                                      torch.zeros_like(ds)).clamp(-0.5, 0.5)
+                    lsig = lsig + os_ / conf.scales_per_octave
+            cand.append(torch.stack([bi.to(batch.dtype), xo, yo, 2.0 ** lsig, score], 1)[keep])
+        if not cand:
+            return empty
+        cand = torch.cat(cand)
+        results = []
+        for b in range(bsz):
+            c = cand[cand[:, 0] == b]
+            c = c[(c[:, 1] >= 0) & (c[:, 1] <= w - 1) & (c[:, 2] >= 0) & (c[:, 2] <= h - 1)]
+            m = masks[b]
+            if m is not None and len(c):
+                c = c[m[c[:, 2].round().long().clamp(0, h - 1), c[:, 1].round().long().clamp(0, w - 1)]]
+            order = torch.argsort(c[:, 4], descending=True)
+            if conf.max_keypoints is not None and conf.max_keypoints > 0:
+                order = order[:conf.max_keypoints]
+            c = c[order]
+            results.append((c[:, 1:3], c[:, 3], c[:, 4]))
+        return results
+
+    def _extract_batch(self, batch: torch.Tensor, masks) -> List[Features]:
+        bsz, _, h, w = batch.shape
+        dim = self.model.descriptor.dim
+        if h == 0 or w == 0:
+            return [Features.empty((w, h), dim) for _ in range(bsz)]
+        dets = self._detect(batch, masks)
+        counts = [len(d[0]) for d in dets]
+        if sum(counts) == 0:
+            return [Features.empty((w, h), dim) for _ in range(bsz)]
+        kp = torch.cat([d[0] for d in dets])
+        sc = torch.cat([d[1] for d in dets])
+        score = torch.cat([d[2] for d in dets])
+        bidx = torch.repeat_interleave(torch.arange(bsz, device=batch.device),
+                                       torch.tensor(counts, device=batch.device))
+        pyr = self._pyramid(batch, float(sc.max()))
+        if self.conf.upright:
+            ori = torch.zeros_like(sc)
+        else:
+            ori = self._orientations(pyr, kp, sc, bidx)
+        desc = self._descriptors(pyr, kp, sc, ori, bidx)
+        out, start = [], 0
+        for n in counts:
+            sl = slice(start, start + n)
+            out.append(Features(kp[sl].cpu().numpy(), sc[sl].cpu().numpy(), ori[sl].cpu().numpy(),
+                                score[sl].cpu().numpy(), desc[sl].cpu().numpy(), (w, h)))
+            start += n
+        return out
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Batched pipeline interface: ``B x 1 x H x W`` (or ``B x 3 x H x W``) float images in
+        [0, 1] -> padded dict: ``keypoints`` B x N x 2, ``scales`` B x N, ``oris`` B x N
+        (radians), ``keypoint_scores`` B x N, ``descriptors`` B x N x D, ``mask`` B x N bool,
+        ``image_size`` B x 2 (W, H). N is the largest keypoint count in the batch."""
+        if images.ndim != 4:
+            raise ValueError(f"forward expects B x C x H x W, got {tuple(images.shape)}")
+        feats = self.extract([im for im in images])
+        n = max([len(f) for f in feats] + [0])
+        b, dim = len(feats), self.model.descriptor.dim
+        dev = self.device
+        out = {"keypoints": torch.zeros(b, n, 2, device=dev), "scales": torch.zeros(b, n, device=dev),
+               "oris": torch.zeros(b, n, device=dev), "keypoint_scores": torch.zeros(b, n, device=dev),
+               "descriptors": torch.zeros(b, n, dim, device=dev),
+               "mask": torch.zeros(b, n, dtype=torch.bool, device=dev),
+               "image_size": torch.tensor([f.image_size for f in feats], device=dev).reshape(b, 2)}
+        for i, f in enumerate(feats):
+            k = len(f)
+            out["keypoints"][i, :k] = torch.from_numpy(f.keypoints)
+            out["scales"][i, :k] = torch.from_numpy(f.scales)
+            out["oris"][i, :k] = torch.from_numpy(f.oris)
+            out["keypoint_scores"][i, :k] = torch.from_numpy(f.scores)
+            out["descriptors"][i, :k] = torch.from_numpy(f.descriptors)
+            out["mask"][i, :k] = True
+        return out
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_model(model: str, device: str) -> LIFTModel:
+    return LIFTModel.load(model, device=device)
+
+
+def detect_and_describe(image, max_keypoints: Optional[int] = 2048, mask=None, device=None,
+                        model: Union[str, LIFTModel] = "default", **knobs
+                        ) -> Union[Features, List[Features]]:
+    """Detect keypoints and compute descriptors: the drop-in for SIFT's ``detectAndCompute``.
+
+    Args:
+        image: numpy ``H x W`` / ``H x W x 3`` (uint8 or float) or torch ``(1 x) C x H x W``;
+            or a list of such images (then a list of Features comes back; equal-size images
+            are batched).
+        max_keypoints: at most this many keypoints (best scores); ``None`` keeps all.
+        mask: ``H x W`` array, non-zero where keypoints are allowed (OpenCV's mask); a list
+            for a list of images.
+        device: torch device (default CPU).
+        model: shipped weights name (``"default"``), a weights path, or a LIFTModel.
+        **knobs: other :class:`LIFTConfig` fields (``min_sigma``, ``edge_threshold``, ...).
+
+    Returns:
+        :class:`lift.Features` (0 keypoints for an empty, tiny or featureless image).
+
+    Raises:
+        lift.ImageError: the image cannot be interpreted (wrong type, layout, NaN values).
+        FileNotFoundError / lift.model.WeightsError: missing or invalid weights.
+    """
+    dev = str(torch.device(device)) if device is not None else "cpu"
+    net = model if isinstance(model, LIFTModel) else _cached_model(str(model), dev)
+    return LIFT(net, device=dev, max_keypoints=max_keypoints, **knobs).extract(image, mask=mask)
+
+
