@@ -1,0 +1,102 @@
+"""``lift-extract``: detect and describe images into an hloc-layout ``features.h5``.
+
+Example::
+
+    lift-extract images/ --output features.h5 --max-keypoints 2048
+
+Images that are already in the output are skipped unless ``--overwrite``. Unreadable images
+are reported and skipped; the exit status is 1 if any image failed, 2 for usage errors.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import h5py
+from tqdm import tqdm
+
+from ..h5io import atomic_h5, write_features
+from ..image import IMAGE_EXTENSIONS, ImageError, load_image
+
+__all__ = ["main", "find_images", "extract_to_h5"]
+
+
+def find_images(inputs: Sequence[str]) -> List[Tuple[Path, str]]:
+    """Expand files and folders into ``(path, name)`` pairs; a folder's images are named by
+    their path relative to the folder (``/`` separators), a file by its file name."""
+    out = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                    out.append((f, f.relative_to(p).as_posix()))
+        elif p.is_file():
+            out.append((p, p.name))
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    names = [n for _, n in out]
+    if len(set(names)) != len(names):
+        raise ValueError("two inputs have the same image name; pass one folder instead of files")
+    return out
+
+
+def extract_to_h5(images: Sequence[Tuple[Path, str]], output: Path, max_keypoints: int = 2048,
+                  device: Optional[str] = None, model: str = "default", overwrite: bool = False,
+                  progress: bool = True) -> Tuple[Path, List[Tuple[str, str]]]:
+    """Extract features for ``(path, name)`` images into ``output``. Returns the output path
+    and the list of ``(name, error)`` for images that failed."""
+    from ..pipeline import LIFT
+
+    extractor = LIFT(model, device=device, max_keypoints=max_keypoints if max_keypoints > 0 else None)
+    done = set()
+    if output.exists() and not overwrite:
+        with h5py.File(output, "r") as f:
+            done = {name for _, name in images if name in f and "keypoints" in f[name]}
+    todo = [(p, n) for p, n in images if n not in done]
+    failed = []
+    with atomic_h5(output, keep_existing=not overwrite) as f:
+        for path, name in tqdm(todo, desc="lift-extract", unit="img", disable=not progress):
+            try:
+                image = load_image(path)
+            except (ImageError, OSError) as err:
+                failed.append((name, str(err)))
+                continue
+            write_features(f, name, extractor.extract(image))
+    return output, failed
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="lift-extract", description=__doc__.split("\n")[0])
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    parser.add_argument("--output", "-o", type=Path, default=Path("features.h5"))
+    parser.add_argument("--max-keypoints", type=int, default=2048, help="<= 0 keeps all")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--model", default="default", help="shipped weights name or a .pt path")
+    parser.add_argument("--overwrite", action="store_true", help="recompute images already in the output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        images = find_images(args.inputs)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"lift-extract: {err}", file=sys.stderr)
+        return 2
+    if not images:
+        print("lift-extract: no images found in the inputs", file=sys.stderr)
+        return 2
+    try:
+        out, failed = extract_to_h5(images, args.output, args.max_keypoints, args.device,
+                                    args.model, args.overwrite, not args.quiet)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"lift-extract: {err}", file=sys.stderr)
+        return 2
+    for name, err in failed:
+        print(f"lift-extract: skipped {name}: {err}", file=sys.stderr)
+    print(f"wrote {out} ({len(images) - len(failed)} images)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

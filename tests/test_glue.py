@@ -1,0 +1,104 @@
+"""soft-argmax and spatial-transformer crops."""
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from lift.glue import (build_pyramid, extract_patches, extract_patches_pyramid, soft_argmax,
+                       soft_max_score)
+
+
+def test_soft_argmax_gradcheck():
+    torch.manual_seed(0)
+    s = torch.randn(3, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: soft_argmax(x, beta=2.0), (s,))
+    assert torch.autograd.gradcheck(lambda x: soft_max_score(x, beta=2.0), (s,))
+
+
+def test_soft_argmax_finds_peak_and_converges_to_hard_argmax():
+    s = torch.zeros(2, 9, 11)
+    s[0, 2, 7] = 5.0
+    s[1, 6, 1] = 5.0
+    xy = soft_argmax(s, beta=10.0)
+    torch.testing.assert_close(xy, torch.tensor([[7.0, 2.0], [1.0, 6.0]]), atol=1e-3, rtol=0)
+    # a symmetric plateau between two cells sits in the middle
+    s = torch.zeros(1, 4, 4)
+    s[0, 1, 1] = s[0, 1, 2] = 3.0
+    torch.testing.assert_close(soft_argmax(s, beta=50.0), torch.tensor([[1.5, 1.0]]), atol=1e-4, rtol=0)
+    # log-mean-exp score lies between mean and max
+    v = soft_max_score(torch.tensor([[[0.0, 1.0], [2.0, 3.0]]]), beta=10.0)
+    assert 1.5 < v.item() <= 3.0
+
+
+def _pattern(h=200, w=240):
+    """An asymmetric pattern: a bright bar pointing +x from (120, 100) plus a dot above it."""
+    img = np.zeros((h, w), np.float32)
+    cv2.rectangle(img, (120, 96), (170, 104), 1.0, -1)
+    cv2.circle(img, (120, 80), 5, 0.5, -1)
+    return img
+
+
+def test_crop_upright_matches_direct_resampling():
+    img = _pattern()
+    t = torch.from_numpy(img)[None, None]
+    # support 6 * sigma with sigma = 32/12: the 32 px patch samples the image 1:1, at
+    # x - 15.5 ... x + 15.5 (the patch centre is the keypoint), so x = 120.5 hits pixels 105..136
+    kp = torch.tensor([[120.5, 100.5]])
+    p = extract_patches(t, kp, torch.tensor([32 / 12.0]), None, patch_size=32, support=6.0)
+    ref = img[85:117, 105:137]
+    np.testing.assert_allclose(p[0, 0].numpy(), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("deg", [30.0, 90.0, -120.0])
+def test_crop_and_rotate_undoes_image_rotation(deg):
+    """Rotating the image clockwise on screen by theta and cropping with ori = theta gives the
+    upright crop of the original image (orientation sense = clockwise on screen)."""
+    img = _pattern()
+    h, w = img.shape
+    c = (120.0, 100.0)
+    # cv2 angle > 0 is counter-clockwise on screen, so -deg rotates clockwise by deg
+    R = cv2.getRotationMatrix2D(c, -deg, 1.0)
+    rot = cv2.warpAffine(img, R, (w, h), flags=cv2.INTER_LINEAR)
+    sigma = torch.tensor([32 / 12.0])
+    up = extract_patches(torch.from_numpy(img)[None, None], torch.tensor([c]), sigma, None, 32, 6.0)
+    rp = extract_patches(torch.from_numpy(rot)[None, None], torch.tensor([c]), sigma,
+                         torch.tensor([math.radians(deg)]), 32, 6.0)
+    err = (up - rp).abs()[0, 0, 3:-3, 3:-3]  # interpolation differs at the very border
+    assert err.mean() < 0.02 and err.max() < 0.35
+    # a wrong sense would put the bar elsewhere
+    wrong = extract_patches(torch.from_numpy(rot)[None, None], torch.tensor([c]), sigma,
+                            torch.tensor([-math.radians(deg)]), 32, 6.0)
+    assert (up - wrong).abs()[0, 0, 3:-3, 3:-3].mean() > 5 * err.mean()
+
+
+def test_crop_scale_comes_from_sigma():
+    """Doubling sigma halves the pattern's size in the patch (scale read from sigma, not y)."""
+    img = _pattern()
+    t = torch.from_numpy(img)[None, None]
+    for y in (100.0,):
+        kp = torch.tensor([[120.0, y], [120.0, y]])
+        p = extract_patches(t, kp, torch.tensor([32 / 12.0, 64 / 12.0]), None, 32, 6.0)
+        # the bar is 9 px thick: 9 patch rows at sigma = 32/12, half as many at twice sigma
+        bar1 = (p[0, 0, :, 24] > 0.5).sum().item()
+        bar2 = (p[1, 0, :, 24] > 0.5).sum().item()
+        assert bar1 == pytest.approx(9, abs=1) and bar2 == pytest.approx(4.5, abs=1)
+
+
+def test_batched_extraction_with_batch_index_and_pyramid():
+    img = torch.from_numpy(_pattern())[None, None]
+    batch = torch.cat([img, img.flip(-1)])
+    kp = torch.tensor([[120.0, 100.0], [239 - 120.0, 100.0]])
+    sig = torch.tensor([32 / 12.0, 32 / 12.0])
+    p = extract_patches(batch, kp, sig, None, 32, 6.0, batch_index=torch.tensor([0, 1]))
+    torch.testing.assert_close(p[1, 0], p[0, 0].flip(-1), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError):
+        extract_patches(batch, kp, sig)
+    # pyramid extraction of a large-sigma patch equals direct extraction from a blurred image
+    pyr = build_pyramid(img, 4)
+    big = torch.tensor([20.0])
+    pp = extract_patches_pyramid(pyr, kp[:1], big, None, 32, 6.0)
+    direct = extract_patches(img, kp[:1], big, None, 32, 6.0)
+    assert (pp - direct).abs().mean() < 0.05  # same content, less aliasing
+    assert extract_patches_pyramid(pyr, kp[:0], big[:0]).shape == (0, 1, 32, 32)
