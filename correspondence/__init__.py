@@ -1,10 +1,16 @@
 """correspondence: matching, batched robust estimation (RANSAC) in torch, learned outlier
 filtering (CNe) and dense alignment (RANSAC-Flow)."""
 from .matching import match_descriptors, match_descriptors_batch, matches_from_batch, nearest_neighbours
+from .ransac import RobustEstimator, estimate_relative_pose, find_essential, find_fundamental, find_homography
 
 __all__ = [
     "match_descriptors",
     "match_descriptors_batch",
     "matches_from_batch",
     "nearest_neighbours",
+    "RobustEstimator",
+    "estimate_relative_pose",
+    "find_essential",
+    "find_fundamental",
+    "find_homography",
 ]

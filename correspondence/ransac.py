@@ -1,0 +1,536 @@
+"""Batched robust estimation in torch: homography, fundamental and essential RANSAC for many
+image pairs in one call, on CPU or GPU.
+
+One generic engine (:class:`RobustEstimator`) runs every problem of a batch at once:
+
+1. **Sampling.** Each round draws ``m`` minimal samples for every still-active problem at once
+   (uniform, or proportional to the prior ``weights`` given per match, so that a learned filter
+   can feed it). Samples with a repeated index are rejected.
+2. **Degeneracy filter** on the sample (collinear triples and the oriented constraint for H),
+   before any solving.
+3. **Minimal solve**, one batched call for all surviving samples of all problems (closed-form
+   4-point H, 7-point F with its cubic, 5-point E by the action matrix), up to ``S`` models per
+   sample.
+4. **Pre-verification** of every hypothesis on a random subset of ``preverify_points`` matches of
+   its problem; the ``verify_top`` best hypotheses per problem are then scored on all matches.
+   Scores are truncated quadratic (MSAC): ``sum_i max(0, 1 - e_i^2 / t^2)``, larger is better.
+5. **Local optimisation** whenever a problem's best model improves: inner RANSAC on its inliers
+   (``lo_samples`` non-minimal subsets of ``lo_sample_factor x`` the minimal size) then
+   iteratively re-weighted least squares (``lo_iters`` steps, Tukey weights with cut-off
+   ``lo_threshold_factor x`` the threshold); a refit is kept only when it scores higher.
+6. **Adaptive termination per problem:** a problem stops when its iteration count reaches
+   ``log(1 - confidence) / log(1 - w^s)`` (``w`` its inlier ratio, ``s`` the sample size) or
+   ``max_iters``; finished problems leave the batch.
+7. **Final refit** of each best model with IRLS on all matches, then the inlier mask.
+
+Memory is bounded by ``max_elements``: hypotheses x points error tensors are computed in chunks
+of at most that many entries. With ``seed`` set (default 0) results are deterministic for a
+given device.
+
+Failure is per problem, never for the whole batch: a problem with fewer valid matches than the
+minimal sample, all-degenerate samples or no acceptable model gets a **NaN model and an
+all-False mask**. Non-finite coordinates and padded entries (``mask=False``) are ignored and are
+False in the returned mask. Bad shapes raise ``ValueError``.
+
+The public functions follow OpenCV's meaning: ``find_homography`` ~ ``cv2.findHomography``,
+``find_fundamental`` ~ ``cv2.findFundamentalMat``, ``find_essential`` ~ ``cv2.findEssentialMat``
+and ``estimate_relative_pose`` ~ ``findEssentialMat`` + ``recoverPose``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .geometry import (ArrayLike, apply_similarity, as_points, batch_correspondences,
+                       normalizing_transform)
+from .epipolar import (essential_5pt, essential_fit, fundamental_7pt, fundamental_fit, recover_pose,
+                       sampson_design, sampson_residual)
+from .homography import (homography_dlt, homography_minimal, homography_sample_degenerate, transfer_design,
+                         transfer_residual)
+
+__all__ = ["RobustEstimator", "ModelSpec", "HOMOGRAPHY", "FUNDAMENTAL", "ESSENTIAL", "find_homography",
+           "find_fundamental", "find_essential", "estimate_relative_pose"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the engine needs to know about a model class (all functions batched).
+
+    Errors are evaluated as ``residual(models @ design)``: ``design`` turns points into
+    ``C`` linear maps of the flattened (row-major) 3 x 3 model per point, so that scoring many
+    hypotheses against many points is one batched matrix product.
+
+    Attributes:
+        name: label used in messages.
+        sample_size: points per minimal sample ``s``.
+        min_fit: fewest points the non-minimal ``fit`` accepts.
+        minimal: ``(x0 M x s x 2, x1) -> (models M x S x 3 x 3, ok M x S)``.
+        fit: ``(x0 G x P x 2, x1, weights G x P) -> G x 3 x 3`` weighted least squares.
+        design: ``(x0 G x P x 2, x1, s0 G, s1 G) -> G x 9 x C x P``.
+        residual: ``G x K x C x P -> G x K x P`` squared errors in threshold units.
+        degenerate: optional ``(x0 M x s x 2, x1) -> M`` bool sample filter.
+    """
+
+    name: str
+    sample_size: int
+    min_fit: int
+    minimal: Callable
+    fit: Callable
+    design: Callable
+    residual: Callable
+    degenerate: Optional[Callable] = None
+
+
+HOMOGRAPHY = ModelSpec("homography", 4, 4, homography_minimal, homography_dlt, transfer_design,
+                       transfer_residual, homography_sample_degenerate)
+
+
+class RobustEstimator:
+    """Vectorised RANSAC engine over a batch of problems (see the module docstring).
+
+    Args:
+        model: a :class:`ModelSpec`.
+        threshold: inlier threshold on the error (pixels for H/F, see each public function).
+        confidence: required probability of having drawn one all-inlier sample.
+        max_iters: most minimal samples drawn per problem.
+        min_iters: fewest minimal samples drawn per problem.
+        seed: random seed (``None``: non-deterministic).
+        preverify_points: matches used to pre-score every hypothesis (inlier count).
+        verify_top: hypotheses per problem and round scored on all matches.
+        round_samples: total minimal samples drawn per round over the whole batch.
+        first_round: samples per problem in the first round (later rounds grow x4).
+        lo_samples, lo_sample_factor, lo_iters, lo_threshold_factor: local optimisation.
+        final_iters: IRLS steps of the final refit.
+        max_elements: bound on the size of any hypotheses x points tensor.
+    """
+
+    def __init__(self, model: ModelSpec, threshold: float, confidence: float = 0.999,
+                 max_iters: int = 100_000, min_iters: int = 0, seed: Optional[int] = 0,
+                 preverify_points: int = 96, verify_top: int = 4, round_samples: int = 32768,
+                 first_round: int = 256, lo_samples: int = 8, lo_sample_factor: int = 4,
+                 lo_iters: int = 4, lo_threshold_factor: float = 1.5, final_iters: int = 3,
+                 max_elements: int = 1 << 23):
+        if not threshold > 0:
+            raise ValueError(f"threshold must be > 0, got {threshold}")
+        if not 0 < confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        if max_iters < 1:
+            raise ValueError(f"max_iters must be >= 1, got {max_iters}")
+        self.model = model
+        self.threshold = float(threshold)
+        self.confidence = float(confidence)
+        self.max_iters = int(max_iters)
+        self.min_iters = int(min_iters)
+        self.seed = seed
+        self.preverify_points = int(preverify_points)
+        self.verify_top = int(verify_top)
+        self.round_samples = int(round_samples)
+        self.first_round = int(first_round)
+        self.lo_samples = int(lo_samples)
+        self.lo_sample_factor = int(lo_sample_factor)
+        self.lo_iters = int(lo_iters)
+        self.lo_threshold_factor = float(lo_threshold_factor)
+        self.final_iters = int(final_iters)
+        self.max_elements = int(max_elements)
+
+    # ------------------------------------------------------------------ scoring helpers
+    def _errors(self, models: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+        """``G x K x 3 x 3`` models, ``G x 9 x C x P`` design -> ``G x K x P`` squared errors,
+        in chunks of hypotheses bounded by ``max_elements``."""
+        G, K = models.shape[:2]
+        C, P = D.shape[2:]
+        h = models.reshape(G, K, 9)
+        Df = D.flatten(2)
+        step = max(1, self.max_elements // max(1, G * C * P))
+        out = [self.model.residual((h[:, i:i + step] @ Df).unflatten(2, (C, P))) for i in range(0, K, step)]
+        return out[0] if len(out) == 1 else torch.cat(out, 1)
+
+    def _score(self, err, valid):
+        """MSAC gains ``G x K`` and inlier masks ``G x K x P`` from squared errors."""
+        t2 = self.threshold ** 2
+        inl = (err < t2) & valid[:, None]  # NaN compares False
+        gain = torch.where(inl, 1 - err / t2, torch.zeros_like(err))
+        return gain.sum(-1), inl
+
+    def _irls_weights(self, err, valid):
+        c2 = (self.threshold * self.lo_threshold_factor) ** 2
+        e = torch.nan_to_num(err, nan=float("inf"))
+        w = (1 - e / c2).clamp_min(0) ** 2
+        return w * valid.to(w.dtype)
+
+    # ------------------------------------------------------------------ local optimisation
+    def _refine(self, models, scores, x0, x1, D, valid, gen, inner: bool, iters: int):
+        """Inner RANSAC (optional) + IRLS for ``G`` problems; returns improved (models, scores)."""
+        G, N = valid.shape
+        m = self.model
+        if inner and self.lo_samples > 0:
+            _, inl = self._score(self._errors(models[:, None], D), valid)
+            inl = inl[:, 0]
+            n_inl = inl.sum(1)
+            q = min(N, self.lo_sample_factor * m.sample_size)
+            L = self.lo_samples
+            r = torch.rand(G, L, N, generator=gen, device=x0.device, dtype=x0.dtype)
+            r = torch.where(inl[:, None], r, torch.full_like(r, -1.0))
+            sel = r.topk(q, dim=-1).indices  # G x L x q, inliers first
+            take = (torch.arange(q, device=x0.device)[None, None] < n_inl[:, None, None]).to(x0.dtype)
+            g0 = torch.gather(x0[:, None].expand(G, L, N, 2), 2, sel[..., None].expand(G, L, q, 2))
+            g1 = torch.gather(x1[:, None].expand(G, L, N, 2), 2, sel[..., None].expand(G, L, q, 2))
+            cand = m.fit(g0.flatten(0, 1), g1.flatten(0, 1), take.expand(G, L, q).flatten(0, 1)).reshape(G, L, 3, 3)
+            cs, _ = self._score(self._errors(cand, D), valid)
+            usable = torch.isfinite(cs) & (n_inl >= max(m.min_fit, m.sample_size + 1))[:, None]
+            cs = torch.where(usable, cs, torch.full_like(cs, -1.0))
+            bs, bi = cs.max(1)
+            better = bs > scores
+            models = torch.where(better[:, None, None], cand[torch.arange(G), bi], models)
+            scores = torch.where(better, bs, scores)
+        for _ in range(iters):
+            w = self._irls_weights(self._errors(models[:, None], D)[:, 0], valid)
+            enough = (w > 0).sum(1) >= m.min_fit
+            cand = m.fit(x0, x1, w)
+            cs = self._score(self._errors(cand[:, None], D), valid)[0][:, 0]
+            better = enough & torch.isfinite(cs) & (cs > scores)
+            if not bool(better.any()):
+                break
+            models = torch.where(better[:, None, None], cand, models)
+            scores = torch.where(better, cs, scores)
+        return models, scores
+
+    # ------------------------------------------------------------------ main loop
+    def __call__(self, x0: torch.Tensor, x1: torch.Tensor, valid: torch.Tensor,
+                 weights: Optional[torch.Tensor] = None, s0: Optional[torch.Tensor] = None,
+                 s1: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run on already-normalised points.
+
+        Args:
+            x0, x1: ``B x N x 2`` points in the model's working coordinates.
+            valid: ``B x N`` bool. weights: optional ``B x N`` sampling prior (>= 0).
+            s0, s1: ``B`` scales that turn working-coordinate errors into threshold units.
+
+        Returns:
+            ``(models B x 3 x 3, inlier_mask B x N, iterations B)``; models of failed problems
+            are NaN and their masks all False.
+        """
+        m = self.model
+        s = m.sample_size
+        B, N = valid.shape
+        dev, dt = x0.device, x0.dtype
+        if s0 is None:
+            s0 = torch.ones(B, dtype=dt, device=dev)
+        if s1 is None:
+            s1 = torch.ones(B, dtype=dt, device=dev)
+        gen = torch.Generator(device=dev)
+        if self.seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(int(self.seed))
+
+        # valid matches first in every problem, so that sampling is "an index < n_valid"
+        order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
+        x0 = torch.gather(x0, 1, order[..., None].expand(B, N, 2))
+        x1 = torch.gather(x1, 1, order[..., None].expand(B, N, 2))
+        valid_o = torch.gather(valid, 1, order)
+        n_valid = valid_o.sum(1)
+        D = m.design(x0, x1, s0, s1)  # B x 9 x C x N
+        C = D.shape[2]
+        cdf = None
+        if weights is not None:
+            w = torch.gather(weights, 1, order) * valid_o
+            usable = (w > 0).sum(1) >= s
+            w = torch.where(usable[:, None], w, valid_o.to(dt))
+            cdf = torch.cumsum(w, 1)
+            cdf = cdf / cdf[:, -1:].clamp_min(torch.finfo(dt).tiny)
+
+        best = torch.full((B, 3, 3), float("nan"), dtype=dt, device=dev)
+        best_score = torch.full((B,), -1.0, dtype=dt, device=dev)
+        iters = torch.zeros(B, dtype=torch.long, device=dev)
+        needed = torch.full((B,), max(self.max_iters, 1), dtype=torch.long, device=dev)
+        active = n_valid >= s
+        log_fail = math.log(1 - self.confidence)
+        t2 = self.threshold ** 2
+        P = self.preverify_points
+        rnd = 0
+        while True:
+            ids = active.nonzero().flatten()
+            a = ids.numel()
+            if a == 0:
+                break
+            remaining = int((needed[ids].clamp_min(self.min_iters) - iters[ids]).max())
+            per = min(self.first_round * 4 ** rnd, max(16, self.round_samples // a), max(1, remaining))
+            rnd += 1
+            nv = n_valid[ids]
+            xa0, xa1, Da = x0[ids], x1[ids], D[ids]
+            # 1. sampling: s x a x per indices below n_valid (component-major layout, so that the
+            #    per-sample arithmetic of the filters and solvers runs on contiguous vectors)
+            u = torch.rand(s, a, per, generator=gen, device=dev, dtype=dt)
+            if cdf is None:
+                idx = (u * nv[:, None].to(dt)).long().clamp_max((nv - 1)[:, None])
+            else:
+                idx = torch.searchsorted(cdf[ids].contiguous(), u.permute(1, 0, 2).reshape(a, s * per))
+                idx = idx.clamp_max(N - 1).reshape(a, s, per).permute(1, 0, 2)
+            pts = torch.cat([xa0, xa1], 2).permute(2, 0, 1).reshape(4, a * N)
+            fidx = (idx + (torch.arange(a, device=dev) * N)[:, None]).reshape(-1)
+            soa = pts[:, fidx].reshape(4, s, a * per)  # (x0, y0, x1, y1) x s x M
+            g0, g1 = soa[:2].permute(2, 1, 0), soa[2:].permute(2, 1, 0)  # M x s x 2 views
+            # 2. degeneracy filter: repeated indices, model-specific test
+            ii = idx.reshape(s, a * per)
+            bad = torch.zeros(a * per, dtype=torch.bool, device=dev)
+            for j in range(s):
+                for k in range(j + 1, s):
+                    bad |= ii[j] == ii[k]
+            if m.degenerate is not None:
+                bad |= m.degenerate(g0, g1)
+            keep = ~bad
+            iters[ids] += per
+            kidx = keep.nonzero().flatten()
+            if kidx.numel() > 0:
+                # 3. minimal solve of all surviving samples at once
+                ks = soa[:, :, kidx]
+                hyp, ok = m.minimal(ks[:2].permute(2, 1, 0), ks[2:].permute(2, 1, 0))  # K x S x 3 x 3
+                S = hyp.shape[1]
+                pid = kidx // per
+                keep2 = keep.reshape(a, per)
+                slot = torch.cumsum(keep2, 1).reshape(-1)[kidx] - 1  # rank within its problem
+                kmax = int(keep2.sum(1).max())
+                table = torch.zeros(a, kmax, S, 3, 3, dtype=dt, device=dev)
+                table[pid, slot] = torch.where(ok[..., None, None], hyp, torch.zeros_like(hyp))
+                okt = torch.zeros(a, kmax, S, dtype=torch.bool, device=dev)
+                okt[pid, slot] = ok
+                table, okt = table.reshape(a, kmax * S, 3, 3), okt.reshape(a, kmax * S)
+                # 4. pre-verification: inlier counts on a random subset of each problem
+                sub = (torch.rand(a, P, generator=gen, device=dev, dtype=dt) * nv[:, None].to(dt)).long()
+                sub = sub.clamp_max((nv - 1)[:, None])
+                Dsub = torch.gather(Da, 3, sub[:, None, None].expand(a, 9, C, P))
+                pre = (self._errors(table, Dsub) < t2).sum(-1).to(dt)
+                pre = torch.where(okt, pre, torch.full_like(pre, -1.0))
+                kv = min(self.verify_top, kmax * S)
+                topv, topi = pre.topk(kv, dim=1)
+                cand = torch.gather(table, 1, topi[..., None, None].expand(a, kv, 3, 3))
+                sc, _ = self._score(self._errors(cand, Da), valid_o[ids])
+                sc = torch.where((topv >= 0) & torch.isfinite(sc), sc, torch.full_like(sc, -1.0))
+                rbest, rarg = sc.max(1)
+                improved = rbest > best_score[ids]
+                if bool(improved.any()):
+                    # 5. local optimisation of the new best models
+                    li = improved.nonzero().flatten()
+                    gi = ids[li]
+                    mods, scs = self._refine(cand[li, rarg[li]], rbest[li], x0[gi], x1[gi], D[gi],
+                                             valid_o[gi], gen, inner=True, iters=self.lo_iters)
+                    best[gi] = mods
+                    best_score[gi] = scs
+                    # 6. adaptive termination from the inlier ratio of the refined model
+                    _, inl = self._score(self._errors(mods[:, None], D[gi]), valid_o[gi])
+                    ratio = (inl[:, 0].sum(1).double() / nv[li].double()).clamp(0, 1)
+                    p_good = ratio ** s
+                    k = log_fail / torch.log1p(-p_good.clamp(max=1 - 1e-15))
+                    k = torch.where(p_good > 0, k, torch.full_like(k, float(self.max_iters)))
+                    needed[gi] = torch.minimum(k.ceil().clamp(max=self.max_iters).long(), needed[gi])
+            done = (iters[ids] >= needed[ids].clamp_min(self.min_iters)) | (iters[ids] >= self.max_iters)
+            active[ids[done]] = False
+
+        # 7. final refit and inlier mask
+        has = (best_score > 0) & torch.isfinite(best).flatten(1).all(1)
+        mask_o = torch.zeros(B, N, dtype=torch.bool, device=dev)
+        if bool(has.any()):
+            gi = has.nonzero().flatten()
+            mods, _ = self._refine(best[gi], best_score[gi], x0[gi], x1[gi], D[gi], valid_o[gi], gen,
+                                   inner=False, iters=self.final_iters)
+            best[gi] = mods
+            _, inl = self._score(self._errors(mods[:, None], D[gi]), valid_o[gi])
+            mask_o[gi] = inl[:, 0]
+        enough = mask_o.sum(1) >= s
+        best[~enough] = float("nan")
+        mask_o[~enough] = False
+        mask = torch.zeros_like(mask_o).scatter_(1, order, mask_o)
+        return best, mask, iters
+
+
+# ---------------------------------------------------------------------- public API helpers
+def _output(models: torch.Tensor, mask: torch.Tensor, batched: bool, as_numpy: bool):
+    if not batched:
+        models, mask = models[0], mask[0]
+    if as_numpy:
+        return models.cpu().numpy(), mask.cpu().numpy()
+    return models, mask
+
+
+def _is_numpy(*xs) -> bool:
+    return all(isinstance(x, np.ndarray) for x in xs)
+
+
+def find_homography(src: ArrayLike, dst: ArrayLike, threshold: float = 3.0, confidence: float = 0.999,
+                    max_iters: int = 100_000, weights: Optional[ArrayLike] = None,
+                    mask: Optional[ArrayLike] = None, seed: Optional[int] = 0, device=None,
+                    **options):
+    """Robust homography ``dst ~ H src`` for one or many correspondence sets (``cv2.findHomography``).
+
+    Args:
+        src, dst: ``N x 2`` or ``B x N x 2`` pixel coordinates (numpy or torch, float32/float64).
+        threshold: inlier threshold on the one-way transfer error ``|dst - H src|`` in pixels.
+        confidence: probability of drawing at least one all-inlier sample (adaptive stop).
+        max_iters: most minimal samples per problem.
+        weights: optional ``N`` / ``B x N`` prior per match (>= 0, e.g. a learned filter's
+            weights); samples are drawn proportionally to it (problems with fewer than 4
+            positive weights fall back to uniform sampling). All matches are still scored.
+        mask: optional ``N`` / ``B x N`` bool validity mask for padded batches.
+        seed: random seed (``None`` = non-deterministic).
+        device: where to compute (default: the input's device; CPU for numpy).
+        **options: engine settings, see :class:`RobustEstimator`.
+
+    Returns:
+        ``(H, inlier_mask)``: ``3 x 3`` / ``B x 3 x 3`` homographies scaled so that
+        ``H[2, 2] = 1`` (unit Frobenius norm if ``H[2, 2]`` is ~0), and ``N`` / ``B x N`` bool
+        inlier masks. A problem without a model (fewer than 4 valid matches, degenerate data)
+        gets an all-NaN ``H`` and an all-False mask. numpy in -> numpy out.
+
+    Raises:
+        ValueError: shapes not ``(N, 2)`` / ``(B, N, 2)`` or differing; bad parameters.
+    """
+    as_numpy = _is_numpy(src, dst)
+    x0, x1, valid, w, batched = batch_correspondences(src, dst, mask, weights, device)
+    T0, sc0 = normalizing_transform(x0, valid)
+    T1, sc1 = normalizing_transform(x1, valid)
+    n0, n1 = apply_similarity(T0, x0), apply_similarity(T1, x1)
+    est = RobustEstimator(HOMOGRAPHY, threshold, confidence, max_iters, seed=seed, **options)
+    Hn, inl, _ = est(n0, n1, valid, w, sc0, sc1)
+    H = torch.linalg.solve(T1, Hn) @ T0 if Hn.shape[0] else Hn
+    H = torch.where(torch.isfinite(Hn).all(-1).all(-1)[:, None, None], H, Hn)
+    h22 = H[:, 2:3, 2:3]
+    scale = torch.where(h22.abs() > 1e-8 * H.flatten(1).norm(dim=1)[:, None, None], h22,
+                        H.flatten(1).norm(dim=1)[:, None, None])
+    return _output(H / scale, inl, batched, as_numpy)
+
+
+FUNDAMENTAL = ModelSpec("fundamental", 7, 8, fundamental_7pt, fundamental_fit, sampson_design,
+                        sampson_residual)
+ESSENTIAL = ModelSpec("essential", 5, 8, essential_5pt, essential_fit, sampson_design, sampson_residual)
+
+
+def find_fundamental(src: ArrayLike, dst: ArrayLike, threshold: float = 1.0, confidence: float = 0.999,
+                     max_iters: int = 100_000, weights: Optional[ArrayLike] = None,
+                     mask: Optional[ArrayLike] = None, seed: Optional[int] = 0, device=None, **options):
+    """Robust fundamental matrix ``dst^T F src = 0`` (``cv2.findFundamentalMat`` with RANSAC/USAC).
+
+    7-point minimal samples, Sampson-distance MSAC scoring, weighted 8-point local optimisation.
+
+    Args:
+        src, dst: ``N x 2`` or ``B x N x 2`` pixel coordinates (numpy or torch).
+        threshold: inlier threshold on the Sampson distance, in pixels (default 1.0).
+        confidence, max_iters, weights, mask, seed, device, **options: as :func:`find_homography`.
+
+    Returns:
+        ``(F, inlier_mask)``: ``3 x 3`` / ``B x 3 x 3`` rank-2 matrices with unit Frobenius norm,
+        ``N`` / ``B x N`` masks. No model (fewer than 8 valid matches, no consistent sample):
+        NaN ``F``, all-False mask. Note: planar scenes (all matches on one homography) do not
+        determine F; there is no DEGENSAC-style H-degeneracy handling.
+    """
+    as_numpy = _is_numpy(src, dst)
+    x0, x1, valid, w, batched = batch_correspondences(src, dst, mask, weights, device)
+    T0, sc0 = normalizing_transform(x0, valid)
+    T1, sc1 = normalizing_transform(x1, valid)
+    est = RobustEstimator(FUNDAMENTAL, threshold, confidence, max_iters, seed=seed, **options)
+    Fn, inl, _ = est(apply_similarity(T0, x0), apply_similarity(T1, x1), valid, w, sc0, sc1)
+    F = T1.transpose(1, 2) @ Fn @ T0
+    F = F / F.flatten(1).norm(dim=1).clamp_min(1e-300)[:, None, None]
+    return _output(F, inl, batched, as_numpy)
+
+
+def _intrinsics(K: ArrayLike, name: str, B: int, like: torch.Tensor) -> torch.Tensor:
+    Kt = as_points(K, name, like.device, like.dtype)
+    if Kt.shape == (3, 3):
+        Kt = Kt[None].expand(B, 3, 3)
+    if tuple(Kt.shape) != (B, 3, 3):
+        raise ValueError(f"{name} must be 3 x 3 or B x 3 x 3 with B = {B}, got {tuple(Kt.shape)}")
+    if not bool(torch.isfinite(Kt).all()) or bool((torch.linalg.det(Kt).abs() < 1e-12).any()):
+        raise ValueError(f"{name} must be finite and invertible")
+    return Kt
+
+
+def _calibrate(src, dst, K0, K1, mask, weights, device):
+    x0, x1, valid, w, batched = batch_correspondences(src, dst, mask, weights, device)
+    B = x0.shape[0]
+    if (K0 is None) != (K1 is None):
+        raise ValueError("give both K0 and K1 (or neither, for normalised camera coordinates)")
+    if K0 is None:
+        one = torch.ones(B, dtype=x0.dtype, device=x0.device)
+        return x0, x1, valid, w, batched, one, one
+    Ks = []
+    for K, name in ((K0, "K0"), (K1, "K1")):
+        Ks.append(_intrinsics(K, name, B, x0))
+    c0 = apply_similarity(torch.linalg.inv(Ks[0]), x0)
+    c1 = apply_similarity(torch.linalg.inv(Ks[1]), x1)
+    f0 = (Ks[0][:, 0, 0].abs() + Ks[0][:, 1, 1].abs()) / 2
+    f1 = (Ks[1][:, 0, 0].abs() + Ks[1][:, 1, 1].abs()) / 2
+    return c0, c1, valid, w, batched, 1 / f0, 1 / f1
+
+
+def _essential(src, dst, K0, K1, threshold, confidence, max_iters, weights, mask, seed, device, options):
+    c0, c1, valid, w, batched, s0, s1 = _calibrate(src, dst, K0, K1, mask, weights, device)
+    if threshold is None:
+        threshold = 1.0 if K0 is not None else 1e-3
+    est = RobustEstimator(ESSENTIAL, threshold, confidence, max_iters, seed=seed,
+                          **{"round_samples": 4096, **options})
+    E, inl, _ = est(c0, c1, valid, w, s0, s1)
+    return E, inl, c0, c1, batched
+
+
+def find_essential(src: ArrayLike, dst: ArrayLike, K0: Optional[ArrayLike] = None,
+                   K1: Optional[ArrayLike] = None, threshold: Optional[float] = None,
+                   confidence: float = 0.999, max_iters: int = 10_000, weights: Optional[ArrayLike] = None,
+                   mask: Optional[ArrayLike] = None, seed: Optional[int] = 0, device=None, **options):
+    """Robust essential matrix ``x1^T E x0 = 0`` (``cv2.findEssentialMat``), 5-point samples.
+
+    Args:
+        src, dst: ``N x 2`` / ``B x N x 2`` pixel coordinates with ``K0``, ``K1`` (``3 x 3`` or
+            ``B x 3 x 3``), or normalised camera coordinates ``K^-1 x`` when both are None.
+        threshold: Sampson distance threshold: pixels with K (default 1.0; converted with the
+            mean focal length), normalised units without (default 1e-3).
+        max_iters: most 5-point samples per problem (default 10 000: the 5-point solve costs an
+            eigen-decomposition per sample).
+        confidence, weights, mask, seed, device, **options: as :func:`find_homography`.
+
+    Returns:
+        ``(E, inlier_mask)``: ``3 x 3`` / ``B x 3 x 3`` essential matrices in camera coordinates
+        (unit Frobenius norm), and masks. No model: NaN ``E``, all-False mask.
+    """
+    as_numpy = _is_numpy(src, dst)
+    E, inl, _, _, batched = _essential(src, dst, K0, K1, threshold, confidence, max_iters, weights, mask,
+                                       seed, device, options)
+    return _output(E, inl, batched, as_numpy)
+
+
+def estimate_relative_pose(kpts0: ArrayLike, kpts1: ArrayLike, K0: Optional[ArrayLike] = None,
+                           K1: Optional[ArrayLike] = None, threshold: Optional[float] = None,
+                           confidence: float = 0.999, max_iters: int = 10_000,
+                           weights: Optional[ArrayLike] = None, mask: Optional[ArrayLike] = None,
+                           seed: Optional[int] = 0, device=None, **options):
+    """Relative pose ``X1 = R X0 + t`` from matches (``findEssentialMat`` + ``recoverPose``).
+
+    Runs :func:`find_essential`, decomposes E into its 4 poses and keeps the one with most
+    inliers triangulated in front of both cameras (cheirality).
+
+    Args: as :func:`find_essential`.
+
+    Returns:
+        ``(R, t, inlier_mask)``: ``3 x 3`` / ``B x 3 x 3`` rotations, ``3`` / ``B x 3`` unit
+        translations (direction only), and the inliers that pass the cheirality test. No model:
+        NaN ``R`` and ``t``, all-False mask.
+    """
+    as_numpy = _is_numpy(kpts0, kpts1)
+    E, inl, c0, c1, batched = _essential(kpts0, kpts1, K0, K1, threshold, confidence, max_iters, weights,
+                                         mask, seed, device, options)
+    ok = torch.isfinite(E).flatten(1).all(1)
+    Es = torch.where(ok[:, None, None], E, torch.eye(3, dtype=E.dtype, device=E.device).expand_as(E))
+    R, t, front = recover_pose(Es, c0, c1, inl)
+    ok = ok & (front.sum(1) > 0)
+    R = torch.where(ok[:, None, None], R, torch.full_like(R, float("nan")))
+    t = torch.where(ok[:, None], t, torch.full_like(t, float("nan")))
+    front = front & ok[:, None]
+    if not batched:
+        R, t, front = R[0], t[0], front[0]
+    if as_numpy:
+        return R.cpu().numpy(), t.cpu().numpy(), front.cpu().numpy()
+    return R, t, front

@@ -1,0 +1,137 @@
+"""Batched robust estimation (correspondence.ransac): exact recovery with outliers, per-problem
+failure isolation, dtypes, bad input, determinism. Speed is measured by tools/bench_ransac.py."""
+import numpy as np
+import pytest
+import torch
+
+from correspondence.ransac import (estimate_relative_pose, find_essential, find_fundamental,
+                                   find_homography)
+from correspondence.synthetic import (corner_error, homography_problem, relative_pose_problem,
+                                      rotation_error_deg, translation_error_deg)
+
+
+def _h_batch(n_prob=3, n=300, ratio=0.5, noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return [homography_problem(rng, n, ratio, noise=noise) for _ in range(n_prob)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_homography_exact_recovery_batched(dtype):
+    probs = _h_batch(3, 300, 0.4)
+    src = torch.tensor(np.stack([p["src"] for p in probs]), dtype=dtype)
+    dst = torch.tensor(np.stack([p["dst"] for p in probs]), dtype=dtype)
+    H, mask = find_homography(src, dst, threshold=1.0)
+    assert H.shape == (3, 3, 3) and mask.shape == (3, 300) and H.dtype == dtype
+    for i, p in enumerate(probs):
+        assert corner_error(H[i].double().numpy(), p["H"]) < (2e-2 if dtype == torch.float32 else 1e-6)
+        assert (mask[i].numpy() == p["inlier"]).mean() == 1.0
+        assert abs(H[i, 2, 2].item() - 1) < 1e-6
+
+
+def test_homography_numpy_single_and_noise():
+    p = _h_batch(1, 1000, 0.2, noise=1.0, seed=4)[0]
+    H, mask = find_homography(p["src"], p["dst"], threshold=3.0)
+    assert isinstance(H, np.ndarray) and H.shape == (3, 3) and mask.shape == (1000,)
+    assert corner_error(H, p["H"]) < 2.0
+    # nearly all true inliers found, few outliers accepted
+    assert (mask & p["inlier"]).sum() >= 0.97 * p["inlier"].sum()
+    assert (mask & ~p["inlier"]).sum() <= 5
+
+
+def test_failure_isolated_per_problem():
+    probs = _h_batch(4, 200, 0.5)
+    src = np.stack([p["src"] for p in probs])
+    dst = np.stack([p["dst"] for p in probs])
+    valid = np.ones((4, 200), bool)
+    valid[1, 3:] = False  # problem 1: only 3 valid matches -> no model
+    src[2] = np.linspace(0, 100, 200)[:, None] * np.array([1.0, 1.0])  # all collinear -> degenerate
+    dst[2] = src[2] * 2
+    src[3, :10] = np.nan  # NaN coordinates are ignored
+    H, mask = find_homography(src, dst, mask=valid)
+    assert np.isnan(H[1]).all() and not mask[1].any()
+    assert np.isnan(H[2]).all() and not mask[2].any()
+    for i in (0, 3):
+        assert corner_error(H[i], probs[i]["H"]) < 1e-3
+    assert not mask[3, :10].any()
+    assert (mask[3, 10:] == probs[3]["inlier"][10:]).all()
+    # padded entries stay False
+    assert not mask[1, 3:].any()
+
+
+def test_bad_input_raises():
+    x = np.zeros((10, 2))
+    with pytest.raises(ValueError, match="shapes differ"):
+        find_homography(x, np.zeros((9, 2)))
+    with pytest.raises(ValueError, match="N x 2"):
+        find_homography(np.zeros((10, 3)), np.zeros((10, 3)))
+    with pytest.raises(ValueError, match="mask"):
+        find_homography(x, x, mask=np.ones(9, bool))
+    with pytest.raises(ValueError, match="threshold"):
+        find_homography(x, x, threshold=0)
+    with pytest.raises(TypeError):
+        find_homography([[0, 0]], [[0, 0]])
+    with pytest.raises(ValueError, match="K0"):
+        find_essential(x, x, K0=np.eye(3))
+
+
+def test_too_few_points_single_problem():
+    H, mask = find_homography(np.random.rand(3, 2), np.random.rand(3, 2))
+    assert np.isnan(H).all() and mask.shape == (3,) and not mask.any()
+    F, mask = find_fundamental(np.zeros((0, 2)), np.zeros((0, 2)))
+    assert np.isnan(F).all() and mask.shape == (0,)
+
+
+def test_deterministic_under_seed_and_weights():
+    p = _h_batch(1, 500, 0.3, noise=1.0, seed=7)[0]
+    a = find_homography(p["src"], p["dst"], seed=3)
+    b = find_homography(p["src"], p["dst"], seed=3)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    # a prior that favours the true inliers still gives the right model, with far fewer samples
+    w = np.where(p["inlier"], 1.0, 0.05)
+    H, mask = find_homography(p["src"], p["dst"], weights=w, seed=3)
+    assert corner_error(H, p["H"]) < 2.0
+    # a zero prior everywhere falls back to uniform sampling instead of failing
+    H0, _ = find_homography(p["src"], p["dst"], weights=np.zeros(500), seed=3)
+    assert corner_error(H0, p["H"]) < 2.0
+
+
+def _pose_batch(n_prob, n, ratio, seed):
+    rng = np.random.default_rng(seed)
+    return [relative_pose_problem(rng, n, ratio, noise=0.0) for _ in range(n_prob)]
+
+
+def test_fundamental_exact_recovery():
+    probs = _pose_batch(2, 300, 0.6, seed=1)
+    k0 = np.stack([p["kpts0"] for p in probs])
+    k1 = np.stack([p["kpts1"] for p in probs])
+    F, mask = find_fundamental(k0, k1, threshold=0.5)
+    for i, p in enumerate(probs):
+        Ki = np.linalg.inv(p["K"])
+        t = p["t"]
+        E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ p["R"]
+        Ft = Ki.T @ E @ Ki
+        Ft /= np.linalg.norm(Ft)
+        assert min(np.abs(F[i] - Ft).max(), np.abs(F[i] + Ft).max()) < 1e-5
+        # all true inliers kept; an outlier may lie on its epipolar line by chance
+        assert mask[i][p["inlier"]].all()
+        assert (mask[i] & ~p["inlier"]).sum() <= 0.02 * (~p["inlier"]).sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relative_pose_exact_recovery(dtype):
+    probs = _pose_batch(2, 200, 0.6, seed=2)
+    k0 = torch.tensor(np.stack([p["kpts0"] for p in probs]), dtype=dtype)
+    k1 = torch.tensor(np.stack([p["kpts1"] for p in probs]), dtype=dtype)
+    K = torch.tensor(probs[0]["K"], dtype=dtype)
+    R, t, mask = estimate_relative_pose(k0, k1, K, K, threshold=0.5)
+    assert R.shape == (2, 3, 3) and t.shape == (2, 3) and mask.shape == (2, 200)
+    tol = 0.05 if dtype == torch.float32 else 1e-4
+    for i, p in enumerate(probs):
+        assert rotation_error_deg(R[i].double().numpy(), p["R"]) < tol
+        assert translation_error_deg(t[i].double().numpy(), p["t"]) < tol
+        assert mask[i][torch.from_numpy(p["inlier"])].float().mean() > 0.98
+    # the essential matrix alone, in normalised coordinates
+    c0 = (k0.double() - K[:2, 2].double()) / K[0, 0].double()
+    c1 = (k1.double() - K[:2, 2].double()) / K[0, 0].double()
+    E, m = find_essential(c0, c1, threshold=1e-3)
+    assert E.shape == (2, 3, 3) and m[0][torch.from_numpy(probs[0]["inlier"])].all()
