@@ -1,25 +1,18 @@
 """Brown/UBC converter on a tiny generated set in the original layout."""
-import importlib.util
-from pathlib import Path
-
 import cv2
 import h5py
 import numpy as np
 import pytest
 
-from lift.data import PatchDataset, QuadrupletDataset, cut_patches, validate_patch_file
+from lift.data import (PatchDataset, QuadrupletDataset, cut_patches, fixtures,
+                       validate_patch_file)
 from lift.data.brown import build_brown
 from lift.data.build import main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def brown(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("make_fixtures", ROOT / "data/make_fixtures.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.make_brown_fixture(tmp_path_factory.mktemp("brown") / "liberty")
+    return fixtures.make_brown_fixture(tmp_path_factory.mktemp("brown") / "liberty")
 
 
 def test_cli_converts_every_patch_pair_and_point(brown, tmp_path):

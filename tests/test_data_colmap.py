@@ -1,6 +1,5 @@
 """COLMAP builder: an existing text model (generated plane scene), and pycolmap SfM on real
 photos (shared data, slow)."""
-import importlib.util
 from pathlib import Path
 
 import h5py
@@ -9,7 +8,7 @@ import pytest
 
 pytest.importorskip("pycolmap")
 
-from lift.data import QuadrupletDataset, validate_patch_file  # noqa: E402
+from lift.data import QuadrupletDataset, fixtures, validate_patch_file  # noqa: E402
 from lift.data.colmap import build_colmap, read_sfm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,10 +17,7 @@ SHARED = ROOT.parent / "shared"
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("make_fixtures", ROOT / "data/make_fixtures.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.make_colmap_text_model(tmp_path_factory.mktemp("colmap") / "plane")
+    return fixtures.make_colmap_text_model(tmp_path_factory.mktemp("colmap") / "plane")
 
 
 def _rows(path):
@@ -65,8 +61,8 @@ def test_existing_model_downscaled_and_held_out(scene, tmp_path):
     assert (r["split"] == 2).all()
     for i in np.flatnonzero(r["kind"] == 0):
         x, y = truth[int(r["track_id"][i])][names[r["image_id"][i]]]
-        np.testing.assert_allclose(r["keypoints"][i, :2], [(x + 0.5) / 2 - 0.5, (y + 0.5) / 2 - 0.5],
-                                   atol=1e-3)
+        expect = [(x + 0.5) / 2 - 0.5, (y + 0.5) / 2 - 0.5]
+        np.testing.assert_allclose(r["keypoints"][i, :2], expect, atol=1e-3)
 
 
 def test_bad_arguments(scene, tmp_path):

@@ -1,34 +1,22 @@
 """Synthetic builder: homography geometry, track consistency across views, patch content,
 held-out photos, non-keypoint placement, determinism."""
-import importlib.util
-from pathlib import Path
-
 import cv2
 import h5py
 import numpy as np
 import pytest
 
-from lift.data import validate_patch_file
+from lift.data import fixtures, validate_patch_file
 from lift.data.synthetic import (local_affine, random_homography, sift_keypoints,
                                  warp_keypoints)
 from lift.image import load_image
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _fixtures():
-    spec = importlib.util.spec_from_file_location("make_fixtures", ROOT / "data/make_fixtures.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("syn")
-    mf = _fixtures()
-    photos = mf.make_photos(out / "photos")
-    return mf.make_tiny_synthetic(out / "tiny.h5", photos), photos
+    photos = fixtures.make_photos(out / "photos")
+    return fixtures.make_tiny_synthetic(out / "tiny.h5", photos), photos
 
 
 def _wrap(a):
@@ -125,7 +113,7 @@ def test_held_out_photo_and_negatives(built):
 
 def test_same_seed_same_file(built, tmp_path):
     path, photos = built
-    again = _fixtures().make_tiny_synthetic(tmp_path / "again.h5", photos)
+    again = fixtures.make_tiny_synthetic(tmp_path / "again.h5", photos)
     with h5py.File(path) as a, h5py.File(again) as b:
         for name in ("patches", "track_id", "keypoints", "split", "kind", "images/homography"):
             np.testing.assert_array_equal(a[name][...], b[name][...])

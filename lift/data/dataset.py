@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .schema import KIND_TRACK, SPLITS, SchemaError, open_patch_file, split_codes
+from .schema import KIND_TRACK, SchemaError, open_patch_file, split_codes
 
 __all__ = ["PatchDataset", "QuadrupletDataset", "PatchStore"]
 
@@ -274,8 +274,3 @@ class QuadrupletDataset(Dataset):
             "index": torch.from_numpy(st.row[rows].copy()),
         }
 
-
-def splits_of(paths) -> Dict[str, int]:
-    """Patch counts per split over one or more files (convenience for reports)."""
-    st = PatchStore(paths, None)
-    return {name: int((st.split == c).sum()) for c, name in enumerate(SPLITS)}

@@ -96,7 +96,8 @@ def cut_patches(image: np.ndarray, keypoints: np.ndarray, patch_size: int = PATC
         raise ValueError("keypoints need finite coordinates and sigma > 0")
     step = patch_step(kp[:, 2], s, support)
     if antialias:
-        level = np.clip(np.floor(2.0 * np.log2(np.maximum(step, 1e-12)) + 1e-9), 0, None).astype(int)
+        half_octaves = np.floor(2.0 * np.log2(np.maximum(step, 1e-12)) + 1e-9)
+        level = np.clip(half_octaves, 0, None).astype(int)
     else:
         level = np.zeros(n, int)
     offsets = (np.arange(s, dtype=np.float64) - (s - 1) / 2.0)
