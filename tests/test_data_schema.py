@@ -39,7 +39,7 @@ def test_round_trip_layout_and_attributes(tmp_path):
     with h5py.File(path) as f:
         assert f.attrs["schema"] == SCHEMA_NAME and f.attrs["schema_version"] == SCHEMA_VERSION
         assert json.loads(f.attrs["params"]) == {"seed": 0}
-        assert f["patches"].dtype == np.uint8 and f["patches"].chunks[0] == 8
+        assert f["patches"].dtype == np.uint8 and f["patches"].chunks == (1, 16, 16)
         assert f["patches"].compression == "gzip"
         assert f["images/name"].asstr()[...].tolist() == ["img0", "img1", "img2"]
         assert f["images/source"].asstr()[0] == "photo.png"

@@ -96,8 +96,7 @@ def build_brown(root: Union[str, Path], output: Union[str, Path], split: str = "
     params = dict(split=split, val_fraction=val_fraction, seed=seed, max_patches=max_patches,
                   num_points3D=int(len(uniq)))
     pair_files = sorted(root.glob("m50_*.txt"))
-    with PatchWriter(output, "brown", str(root), params, patch_size=p, support_sigma=6.0,
-                     chunk_patches=32) as wr:
+    with PatchWriter(output, "brown", str(root), params, patch_size=p, support_sigma=6.0) as wr:
         for b in tqdm(range(need), desc="brown", disable=not progress):
             img = cv2.imread(str(bitmaps[b]), cv2.IMREAD_GRAYSCALE)
             if img is None or img.shape[0] < p * g or img.shape[1] < p * g:
