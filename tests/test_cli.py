@@ -1,0 +1,64 @@
+"""Console scripts: lift-extract writes hloc's layout; lift-match draws a picture."""
+import cv2
+import h5py
+import numpy as np
+import pytest
+
+from lift.cli import extract, match
+from lift.h5io import list_feature_names, read_features
+
+
+@pytest.fixture
+def weights(tmp_path, random_model):
+    return random_model.save(tmp_path / "w.pt")
+
+
+def test_extract_writes_hloc_layout_and_skips_existing(tmp_path, weights, photo):
+    d = tmp_path / "imgs"
+    (d / "sub").mkdir(parents=True)
+    cv2.imwrite(str(d / "a.png"), photo)
+    cv2.imwrite(str(d / "sub" / "b.jpg"), photo[::-1])
+    (d / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "features.h5"
+    rc = extract.main([str(d), "--output", str(out), "--model", str(weights), "--max-keypoints",
+                       "300", "--quiet"])
+    assert rc == 1  # the broken image is reported, the others are written
+    with h5py.File(out, "r") as f:  # read as hloc does: one group per relative path
+        assert sorted(list_feature_names(f)) == ["a.png", "sub/b.jpg"]
+        g = f["sub/b.jpg"]
+        assert g["keypoints"].dtype == np.float32 and g["keypoints"].shape == (300, 2)
+        assert g["descriptors"].shape == (128, 300)  # D x N
+        assert tuple(g["image_size"][()]) == (photo.shape[1], photo.shape[0])
+        assert g["scores"].shape == (300,)
+    feats = read_features(out, "a.png")
+    assert len(feats) == 300
+    mtime = out.stat().st_mtime_ns
+    # a second run skips the existing images (and leaves no temporary files behind)
+    rc = extract.main([str(d / "a.png"), "--output", str(out), "--model", str(weights), "--quiet"])
+    assert rc == 0
+    assert not list(tmp_path.glob("*.tmp"))
+    with h5py.File(out, "r") as f:
+        assert f["a.png/keypoints"].shape == (300, 2)
+    assert out.stat().st_mtime_ns >= mtime
+
+
+def test_extract_usage_errors(tmp_path, weights):
+    assert extract.main([str(tmp_path / "missing"), "--model", str(weights)]) == 2
+    (tmp_path / "empty").mkdir()
+    assert extract.main([str(tmp_path / "empty"), "--model", str(weights)]) == 2
+    assert not (tmp_path / "features.h5").exists()
+
+
+def test_match_on_builtin_pair(tmp_path, weights, capsys):
+    out = tmp_path / "m.png"
+    assert match.main(["--output", str(out), "--model", str(weights), "--max-keypoints", "500"]) == 0
+    pic = cv2.imread(str(out))
+    assert pic is not None and pic.shape[1] > 1000
+    assert "mutual matches" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        match.main(["only_one.png", "--model", str(weights)])
+    assert exc.value.code == 2
+
+
+def test_match_reports_bad_files(tmp_path, weights):
+    assert match.main([str(tmp_path / "x.png"), str(tmp_path / "y.png"), "--model", str(weights)]) == 2

@@ -1,0 +1,140 @@
+"""Speed benchmark: ``lift.detect_and_describe`` vs ``cv2.SIFT_create(2048).detectAndCompute``.
+
+Protocol: the same 640 x 480 grey photos (scikit-image's data module, resized), 2 threads for
+both libraries, one warm-up call per image, then the median over ``--repeats`` rounds of the
+per-image wall time; keypoint counts reported. A stage breakdown of lift (scale space + NMS,
+orientation, descriptors) is measured with the same protocol. Writes a Markdown report.
+
+    python tools/bench_speed.py --output benchmarks/speed.md
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+import lift
+from lift import LIFT, LIFTModel
+from lift.pipeline import DESCRIPTOR_SUPPORT  # noqa: F401  (documented support)
+
+IMAGES = ["astronaut", "coffee", "chelsea", "camera", "rocket", "brick"]
+
+
+def photos(size=(640, 480)):
+    from skimage import data
+
+    out = []
+    for name in IMAGES:
+        im = getattr(data, name)()
+        if im.ndim == 3:
+            im = cv2.cvtColor(im, cv2.COLOR_RGB2GRAY)
+        out.append(cv2.resize(im, size, interpolation=cv2.INTER_AREA))
+    return out
+
+
+def median_ms(fn, images, repeats):
+    for im in images:
+        fn(im)
+    times = []
+    for _ in range(repeats):
+        for im in images:
+            t = time.perf_counter()
+            fn(im)
+            times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def stage_times(ex: LIFT, images, repeats):
+    """Median ms of detection, orientation and description (the pipeline's own internals)."""
+    det, ori, desc = [], [], []
+    for r in range(repeats + 1):
+        for im in images:
+            with torch.inference_mode():
+                g = lift.to_gray_tensor(im)[None]
+                t0 = time.perf_counter()
+                kp, sc, _ = ex._detect(g, [None])[0]
+                t1 = time.perf_counter()
+                pyr = ex._pyramid(g, float(sc.max()))
+                b = torch.zeros(len(kp), dtype=torch.long)
+                o = ex._orientations(pyr, kp, sc, b)
+                t2 = time.perf_counter()
+                ex._descriptors(pyr, kp, sc, o, b)
+                t3 = time.perf_counter()
+            if r:
+                det.append(t1 - t0), ori.append(t2 - t1), desc.append(t3 - t2)
+    return [1000 * statistics.median(x) for x in (det, ori, desc)]
+
+
+def main(argv=None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--output", type=Path, default=Path("benchmarks/speed.md"))
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-keypoints", type=int, default=2048)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    images = photos()
+    try:
+        model = LIFTModel.load(args.model)
+        note = f"weights `{args.model}`"
+    except FileNotFoundError:
+        torch.manual_seed(0)
+        model = LIFTModel().eval()
+        note = "random-init weights (shipped weights absent; same architecture and cost)"
+    ex = LIFT(model, max_keypoints=args.max_keypoints)
+    sift = cv2.SIFT_create(args.max_keypoints)
+    rows = []
+    t_sift = median_ms(lambda im: sift.detectAndCompute(im, None), images, args.repeats)
+    t_lift = median_ms(lambda im: ex.extract(im), images, args.repeats)
+    n_sift = np.mean([len(sift.detect(im, None)) for im in images])
+    n_lift = np.mean([len(ex.extract(im)) for im in images])
+    rows.append(("cv2 SIFT detectAndCompute", t_sift, n_sift, 1.0))
+    rows.append(("lift detect_and_describe", t_lift, n_lift, t_lift / t_sift))
+    paper = LIFT(LIFTModel(lift.model.PAPER_CONFIG).eval(), max_keypoints=args.max_keypoints)
+    t_paper = median_ms(lambda im: paper.extract(im), images[:2], 1)
+    rows.append(("lift, paper architecture (random init; 25 px detector, 64 px patches)", t_paper,
+                 float("nan"), t_paper / t_sift))
+    det, ori, desc = stage_times(ex, images, args.repeats)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    cmd = "python " + " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:]))
+    lines = [
+        "# Speed: lift vs OpenCV SIFT",
+        "",
+        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; commit `{commit}`",
+        f"- machine: {platform.processor() or platform.machine()}, {args.threads} threads "
+        f"(torch {torch.__version__}, OpenCV {cv2.__version__}); shared machine, compare ratios",
+        f"- command: `{cmd}`",
+        f"- images: {len(images)} scikit-image photos ({', '.join(IMAGES)}) resized to 640x480 grey; "
+        f"one warm-up per image, median per-image wall time over {args.repeats} rounds",
+        f"- lift model: {note}",
+        "",
+        "| method | median ms / image | keypoints / image | time vs SIFT |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, t, n, r in rows:
+        lines.append(f"| {name} | {t:.1f} | {'' if np.isnan(n) else f'{n:.0f}'} | {r:.2f}x |")
+    lines += ["", "Where lift's time goes (median ms / image, same protocol):", "",
+              "| stage | ms |", "|---|---:|",
+              f"| scale space + detector + NMS + refinement | {det:.1f} |",
+              f"| orientation (patch sampling + network) | {ori:.1f} |",
+              f"| descriptors (patch sampling + network) | {desc:.1f} |", ""]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return args.output
+
+
+if __name__ == "__main__":
+    main()
