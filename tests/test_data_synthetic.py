@@ -109,6 +109,13 @@ def test_held_out_photo_and_negatives(built):
         neg = kp[(img == i) & (kind == 2)]
         d = np.linalg.norm(neg[:, None, :2] - warped[None], axis=2).min(1)
         assert (d > 3 * neg[:, 2]).all()
+        # their +-6 sigma square lies on the warped photo, not on the black canvas around it
+        h, w = load_image(photos / names[i]).shape
+        for dx, dy in ((0, 0), (-6, -6), (-6, 6), (6, -6), (6, 6)):
+            corner = neg[:, :2] + np.outer(neg[:, 2], [dx, dy])
+            back = cv2.perspectiveTransform(corner[None], np.linalg.inv(homs[i]))[0]
+            assert (back > -1.5).all() and (back[:, 0] < w + 0.5).all() and \
+                (back[:, 1] < h + 0.5).all()
 
 
 def test_same_seed_same_file(built, tmp_path):

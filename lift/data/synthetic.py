@@ -8,7 +8,8 @@ view ``v`` it sits at ``H_v(x)``, its scale is ``sigma * sqrt(|det J|)`` and its
 direction of ``J (cos t, sin t)``, with ``J`` the local affine (Jacobian) of ``H_v`` at ``x``.
 Points seen in at least two views (with their +-6 sigma support inside the view) become tracks;
 non-keypoint patches are drawn at random locations at least ``neg_min_dist * sigma`` from every
-keypoint of the photo mapped into the view. Photos matching ``test_photos`` get split ``test``;
+keypoint of the photo mapped into the view, with their +-6 sigma square on the warped photo (not
+on the black canvas around it). Photos matching ``test_photos`` get split ``test``;
 the other tracks are split train/val by track.
 """
 from __future__ import annotations
@@ -164,12 +165,14 @@ def _inside(kp: np.ndarray, size: Tuple[int, int], margin: float) -> np.ndarray:
 
 def random_negatives(rng: np.random.Generator, size: Tuple[int, int], count: int,
                      sigmas: np.ndarray, avoid_xy: np.ndarray, min_dist: float = 3.0,
-                     margin: float = 6.0, tries: int = 8) -> np.ndarray:
+                     margin: float = 6.0, tries: int = 8,
+                     valid: Optional[np.ndarray] = None) -> np.ndarray:
     """Up to ``count`` random non-keypoint locations ``n x 4`` (x, y, sigma, 0).
 
     sigma is drawn from ``sigmas`` (the scales of real keypoints); a location is rejected if a
-    point of ``avoid_xy`` lies closer than ``min_dist * sigma`` or its +-margin*sigma square
-    leaves the image.
+    point of ``avoid_xy`` lies closer than ``min_dist * sigma``, if its +-margin*sigma square
+    leaves the image, or (with ``valid``, an ``H x W`` bool mask of pixels with content) if the
+    centre or a corner of that square falls outside the mask.
     """
     if count <= 0 or len(sigmas) == 0:
         return np.zeros((0, 4))
@@ -181,6 +184,12 @@ def random_negatives(rng: np.random.Generator, size: Tuple[int, int], count: int
     if len(avoid_xy):
         dist, _ = cKDTree(np.asarray(avoid_xy)[:, :2]).query(cand[:, :2])
         ok &= dist > min_dist * cand[:, 2]
+    if valid is not None:
+        r = margin * cand[:, 2]
+        for dx, dy in ((0, 0), (-1, -1), (-1, 1), (1, -1), (1, 1)):
+            xi = np.clip(np.round(cand[:, 0] + dx * r), 0, w - 1).astype(int)
+            yi = np.clip(np.round(cand[:, 1] + dy * r), 0, h - 1).astype(int)
+            ok &= valid[yi, xi]
     return cand[ok][:count]
 
 
@@ -273,10 +282,11 @@ def build_synthetic(photos: Union[str, Path], output: Union[str, Path], groups_p
                     img_id = wr.add_image(f"{rel}#g{g}v{v}", size, source=rel, homography=hm)
                     sel = vis[v, chosen]
                     kp_pos = warped[v, chosen[sel]]
+                    cover = render_view(np.full_like(image, 255), hm, size) > 128
                     neg = random_negatives(rng, size, negatives_per_view,
                                            kp_pos[:, 2] if len(kp_pos) else src_kp[:, 2],
                                            warped[v][np.isfinite(warped[v]).all(1)],
-                                           neg_min_dist)
+                                           neg_min_dist, valid=cover)
                     if is_test:
                         nsplit = np.full(len(neg), SPLITS.index("test"))
                     else:
