@@ -1,0 +1,4 @@
+"""``python -m lift.bench`` = ``lift-bench``."""
+from .cli import main
+
+main()
