@@ -55,7 +55,11 @@ def test_split_by_point_and_datasets(brown, tmp_path):
         assert f["pairs/index"][...].max() < 100
 
 
-def test_brown_errors(brown, tmp_path):
+def test_brown_errors(brown, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # the console script: message, no traceback
+        main(["brown", "--root", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x.h5")])
+    assert exit_info.value.code == 2
+    assert "no info.txt in" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="info.txt"):
         build_brown(tmp_path, tmp_path / "x.h5", progress=False)
     partial = tmp_path / "partial"

@@ -83,8 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
-    """Run the console script; returns the path of the file written."""
-    args = build_parser().parse_args(argv)
+    """Run the console script; returns the path of the file written.
+
+    Bad input (missing folders, wrong arguments, failed SfM) exits with status 2 and a one-line
+    message instead of a traceback.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
+        parser.error(f"{args.builder}: {exc}")
+
+
+def _run(args) -> Path:
     progress = not args.quiet
     if args.builder == "synthetic":
         from .synthetic import DEFAULT_TEST_PHOTOS, build_synthetic
