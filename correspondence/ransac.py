@@ -100,7 +100,8 @@ class RobustEstimator:
         min_iters: fewest minimal samples drawn per problem.
         seed: random seed (``None``: non-deterministic).
         preverify_points: matches used to pre-score every hypothesis (inlier count).
-        verify_top: hypotheses per problem and round scored on all matches.
+        verify_top: fewest hypotheses per problem and round scored on all matches (at least one
+            per 512 samples drawn is).
         round_samples: total minimal samples drawn per round over the whole batch.
         first_round: samples per problem in the first round (later rounds grow x4).
         lo_samples, lo_sample_factor, lo_iters, lo_threshold_factor: local optimisation.
@@ -306,7 +307,7 @@ class RobustEstimator:
                 Dsub = torch.gather(Da, 3, sub[:, None, None].expand(a, 9, C, P))
                 pre = (self._errors(table, Dsub) < t2).sum(-1).to(dt)
                 pre = torch.where(okt, pre, torch.full_like(pre, -1.0))
-                kv = min(self.verify_top, kmax * S)
+                kv = min(max(self.verify_top, per // 512), kmax * S)  # ~1 full check per 512 samples
                 topv, topi = pre.topk(kv, dim=1)
                 cand = torch.gather(table, 1, topi[..., None, None].expand(a, kv, 3, 3))
                 sc, _ = self._score(self._errors(cand, Da), valid_o[ids])
