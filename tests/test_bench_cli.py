@@ -44,6 +44,7 @@ def test_pose_and_speed_builtin(tmp_path):
     res = read_json(path)
     assert res["methods"]["sift"]["summary"]["pose_auc"]["20"] > 0.7
     assert "AUC@10°" in markdown_report(res)
+    assert (tmp_path / "pose" / "pose_recall.png").stat().st_size > 5000
     path = main(["speed", "--data", "skimage", "--methods", "orb", "--output", str(tmp_path / "speed"),
                  "--max-images", "2", "--repeats", "1", "--warmup", "1", "--max-size", "256", "--quiet"])
     s = read_json(path)["methods"]["orb"]["summary"]

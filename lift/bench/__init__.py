@@ -15,7 +15,7 @@ from .metrics import (corner_error, matching_score, mean_matching_accuracy, pose
 from .readers import (FlowPair, HomographyPair, ImageRef, PosePair, read_flo, read_homography_dataset,
                       read_pose_dataset, read_sintel_pairs, stereo_motorcycle_pair,
                       synthetic_homography_pairs, synthetic_pose_pairs, write_flo)
-from .report import markdown_report, plot_matches, plot_mma, write_report
+from .report import markdown_report, plot_matches, plot_mma, plot_pose_recall, write_report
 from .runner import run_homography_benchmark, run_pose_benchmark, run_speed_benchmark
 
 __all__ = [
@@ -25,6 +25,6 @@ __all__ = [
     "FlowPair", "HomographyPair", "ImageRef", "PosePair", "read_flo", "read_homography_dataset",
     "read_pose_dataset", "read_sintel_pairs", "stereo_motorcycle_pair", "synthetic_homography_pairs",
     "synthetic_pose_pairs", "write_flo",
-    "markdown_report", "plot_matches", "plot_mma", "write_report",
+    "markdown_report", "plot_matches", "plot_mma", "plot_pose_recall", "write_report",
     "run_homography_benchmark", "run_pose_benchmark", "run_speed_benchmark",
 ]

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs-per-image", type=int, default=5, help="synthetic pairs per image")
     p.add_argument("--max-images", type=int, default=None, help="use at most this many images (synthetic)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic homographies")
+    p.add_argument("--max-zoom", type=float, default=2.0, help="largest synthetic zoom factor")
+    p.add_argument("--max-rotation", type=float, default=30.0, help="largest synthetic rotation (deg)")
     p.add_argument("--no-figures", action="store_true")
 
     p = sub.add_parser("pose", help="relative-pose AUC@5/10/20 on pairs with ground-truth cameras",
@@ -114,12 +116,13 @@ def _run(args) -> Path:
     fig_dir = args.output / "figures"
     builtin = args.data == "skimage"
     if args.task == "homography":
+        warp = {"max_zoom": args.max_zoom, "max_rotation_deg": args.max_rotation}
         if builtin:
             pairs = synthetic_homography_pairs(skimage_photos()[: args.max_images], args.pairs_per_image,
-                                               args.seed, max_size=args.max_size or 640)
+                                               args.seed, max_size=args.max_size or 640, **warp)
         else:
             pairs = read_homography_dataset(args.data, args.max_size, pairs_per_image=args.pairs_per_image,
-                                            max_images=args.max_images, seed=args.seed)
+                                            max_images=args.max_images, seed=args.seed, **warp)
         results = run_homography_benchmark(
             pairs, methods, args.max_keypoints, args.estimator, args.ransac_threshold, args.eps,
             None if args.no_figures else fig_dir, _figure_pairs(pairs), args.device, args.quiet)

@@ -206,12 +206,14 @@ def find_homography_sequences(root: PathLike) -> List[Path]:
 
 def read_homography_dataset(root: PathLike, max_size: Optional[int] = None,
                             synthetic_max_size: int = 1024, pairs_per_image: int = 5,
-                            max_images: Optional[int] = None, seed: int = 0) -> List[HomographyPair]:
+                            max_images: Optional[int] = None, seed: int = 0,
+                            **homography_kw) -> List[HomographyPair]:
     """Read any homography benchmark folder.
 
     * an HPatches / Oxford sequence folder, or a folder of such sequences (e.g. ``hpatches/``);
     * otherwise a folder of images: each image gives ``pairs_per_image`` synthetic pairs of
-      increasing difficulty (:func:`synthetic_homography_pairs`, seeded by ``seed``).
+      increasing difficulty (:func:`synthetic_homography_pairs`, seeded by ``seed``;
+      ``homography_kw`` such as ``max_zoom`` go to :func:`synthetic_homography`).
 
     Raises:
         FileNotFoundError: ``root`` does not exist or holds no usable image.
@@ -230,7 +232,7 @@ def read_homography_dataset(root: PathLike, max_size: Optional[int] = None,
     if max_images is not None:
         images = images[:max_images]
     refs = [ImageRef.from_path(p, max_size or synthetic_max_size) for p in images]
-    return synthetic_homography_pairs(refs, pairs_per_image=pairs_per_image, seed=seed)
+    return synthetic_homography_pairs(refs, pairs_per_image=pairs_per_image, seed=seed, **homography_kw)
 
 
 def _inside(points: np.ndarray, w: int, h: int) -> bool:

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 __all__ = ["run_metadata", "write_json", "read_json", "markdown_report", "plot_mma",
-           "plot_matches", "write_report"]
+           "plot_pose_recall", "plot_matches", "write_report"]
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> Path:
@@ -124,6 +124,13 @@ def _homography_tables(results: dict) -> str:
         out.append("\nMMA@3 (%) by group:\n")
         out.append(_table(["method"] + groups, [[s] + [_fmt(m["summary"]["mma_by_group"].get(g, [None] * 3)[2], True)
                                                         for g in groups] for s, m in ok.items()]))
+    targets = sorted({t for m in ok.values() for t in m["summary"].get("mma_by_target", {})})
+    n_seq = len({r["sequence"] for m in ok.values() for r in m["pairs"]})
+    if len(targets) > 1 and n_seq > 1:
+        out.append(f"\nMMA@3 (%) by target image, mean over {n_seq} sequences (harder to the right):\n")
+        out.append(_table(["method"] + targets,
+                          [[s] + [_fmt(m["summary"]["mma_by_target"].get(t, [None] * 3)[2], True)
+                                  for t in targets] for s, m in ok.items()]))
     pair_names = [r["pair"] for r in next(iter(ok.values()))["pairs"]] if ok else []
     if ok and len(pair_names) <= 30:
         out.append("\nMMA@3 (%) per pair (mutual-NN matches):\n")
@@ -216,6 +223,31 @@ def plot_mma(results: dict, path: Path) -> Path:
     return _save_figure(fig, Path(path))
 
 
+def plot_pose_recall(results: dict, path: Path, max_error: float = 20.0) -> Path:
+    """Cumulative pose-error curves (fraction of pairs with error <= e, e in degrees), one line
+    per method: the curves whose normalised areas are the AUC@5/10/20 numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    grid = np.linspace(0, max_error, 201)
+    for spec, m in results["methods"].items():
+        if m["status"] != "ok":
+            continue
+        e = np.array([np.inf if r["pose_error"] is None else r["pose_error"] for r in m["pairs"]], float)
+        ax.plot(grid, (e[None, :] <= grid[:, None]).mean(1), lw=1.5, label=spec)
+    ax.set_xlabel("pose error (deg)")
+    ax.set_ylabel("fraction of pairs")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(0, max_error)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save_figure(fig, Path(path))
+
+
 def _save_figure(fig, path: Path, dpi: int = 110) -> Path:
     import io
 
@@ -262,10 +294,14 @@ def plot_matches(image0: np.ndarray, image1: np.ndarray, kpts0: np.ndarray, kpts
 
 
 def write_report(results: dict, output: Path) -> Dict[str, Path]:
-    """Write ``results.json``, ``results.md`` and (homography) ``mma.png`` under ``output``."""
+    """Write ``results.json``, ``results.md`` and ``mma.png`` (homography) or
+    ``pose_recall.png`` (pose) under ``output``; returns the paths by kind."""
     output = Path(output)
     paths = {"json": write_json(results, output / "results.json"),
              "markdown": _atomic_write_bytes(output / "results.md", markdown_report(results).encode())}
-    if results["task"] == "homography" and any(m["status"] == "ok" for m in results["methods"].values()):
+    has_ok = any(m["status"] == "ok" for m in results["methods"].values())
+    if results["task"] == "homography" and has_ok:
         paths["mma"] = plot_mma(results, output / "mma.png")
+    if results["task"] == "pose" and has_ok:
+        paths["pose_recall"] = plot_pose_recall(results, output / "pose_recall.png")
     return paths

@@ -176,6 +176,10 @@ def _match_figure(figure_dir, spec, pair_name, im0, im1, f0, f1, matches, correc
                         title=f"{spec} on {pair_name}: {int(correct.sum())}/{len(matches)} {what}")
 
 
+def _target(record: dict) -> str:
+    return record["pair"].rsplit("/", 1)[-1]
+
+
 def _homography_summary(records: List[dict]) -> dict:
     mma = np.array([r["mma"] for r in records])
     groups = sorted({r["group"] for r in records})
@@ -183,6 +187,9 @@ def _homography_summary(records: List[dict]) -> dict:
     summary = {
         "mma": mma.mean(0).tolist(),
         "mma_by_group": {g: mma[[r["group"] == g for r in records]].mean(0).tolist() for g in groups},
+        # HPatches-style target index ("1-k": k-th image of each sequence, harder as k grows)
+        "mma_by_target": {t: mma[[_target(r) == t for r in records]].mean(0).tolist()
+                          for t in sorted({_target(r) for r in records})},
         "homography_accuracy": {str(k): v for k, v in acc.items()},
         "repeatability": _nanmean(r["repeatability"] for r in records),
         "matching_score": _nanmean(r["matching_score"] for r in records),
