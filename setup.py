@@ -45,6 +45,7 @@ setup(
             "lift-bench=lift.bench.cli:main",
             "lift-build-patches=lift.data.build:main",
             "lift-train=lift.training.cli:main",
+            "lift-sfm=lift.cli.sfm:main",
         ]
     },
 )

@@ -1,0 +1,137 @@
+"""The whole SfM pipeline: extract -> pairs -> match -> verify -> reconstruct.
+
+Every step writes a file that the next one reads (hloc's hand-off files, so hloc and COLMAP users
+can take over at any step)::
+
+    OUTPUT_DIR/features.h5   hloc features (lift.sfm.extract)
+    OUTPUT_DIR/pairs.txt     hloc pairs (lift.sfm.pairs)
+    OUTPUT_DIR/matches.h5    hloc matches (lift.sfm.match)
+    OUTPUT_DIR/database.db   COLMAP database with verified two-view geometries (lift.sfm.verify)
+    OUTPUT_DIR/sparse/0..    COLMAP binary models, largest first (lift.sfm.reconstruct)
+
+A step whose output exists is skipped (re-running resumes); ``overwrite`` recomputes all.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import h5py
+
+from ..cli.extract import find_images
+from ..colmap.compat import ModelStats, model_stats, read_model
+from ..colmap.database import CameraSpec
+from ..h5io import list_feature_names
+from . import extract, match, pairs, reconstruct, verify
+from .errors import SfMError
+
+__all__ = ["SfMConfig", "SfMResult", "run"]
+
+
+@dataclass
+class SfMConfig:
+    """Settings of every step (see each step's conf)."""
+
+    extract: extract.ExtractConf = field(default_factory=extract.ExtractConf)
+    pairs: str = "exhaustive"
+    match: match.MatchConf = field(default_factory=match.MatchConf)
+    verify: verify.VerifyConf = field(default_factory=verify.VerifyConf)
+    camera: CameraSpec = field(default_factory=CameraSpec)
+    fix_intrinsics: Optional[bool] = None  # None: fixed exactly when camera params are given
+    min_num_matches: int = 15
+    seed: int = 0
+
+
+@dataclass
+class SfMResult:
+    """Paths written, per-stage wall times (s; 0 for skipped steps), skipped images
+    (``[(name, reason)]``) and statistics of the largest model."""
+
+    output_dir: Path
+    features: Path
+    pairs: Path
+    matches: Path
+    database: Path
+    model: Path
+    timings: Dict[str, float]
+    failed: List[Tuple[str, str]]
+    stats: ModelStats
+
+
+def _features_complete(path: Path, names: List[str]) -> bool:
+    if not path.exists():
+        return False
+    with h5py.File(path, "r") as f:
+        have = set(list_feature_names(f)) | {n for n, _ in extract.read_failures(f)}
+    return set(names) <= have
+
+
+def run(image_dir: Path, output_dir: Path, conf: SfMConfig = SfMConfig(), overwrite: bool = False,
+        progress: bool = True, verbose: bool = False) -> Optional[SfMResult]:
+    """Run the pipeline on the images under ``image_dir`` (searched recursively).
+
+    Under ``torchrun`` every rank extracts its share of the images; rank 0 merges and runs
+    the other steps, the other ranks return ``None`` after extraction.
+
+    Raises:
+        SfMError: no images, fewer than 2 readable images, no matched pairs, or nothing
+            reconstructs.
+        FileNotFoundError: ``image_dir`` does not exist.
+    """
+    image_dir, out = Path(image_dir), Path(output_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"no image folder at {image_dir}")
+    conf.camera.make_camera(640, 480)  # fail early on a bad camera model / parameter count
+    items = find_images([str(image_dir)])
+    if not items:
+        raise SfMError(f"no images found under {image_dir}")
+    if len(items) < 2:
+        raise SfMError(f"found a single image under {image_dir}; structure from motion needs at least 2")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"features": out / "features.h5", "pairs": out / "pairs.txt",
+             "matches": out / "matches.h5", "database": out / "database.db"}
+    timings: Dict[str, float] = {}
+
+    def timed(stage, done, fn):
+        t = time.perf_counter()
+        if overwrite or not done:
+            fn()
+            timings[stage] = time.perf_counter() - t
+        else:
+            timings[stage] = 0.0
+
+    names = [n for _, n in items]
+    timed("extract", _features_complete(paths["features"], names),
+          lambda: extract.main(image_dir, paths["features"], conf.extract, names, overwrite, progress))
+    if extract.dist_info()[0] != 0:
+        return None  # torchrun: ranks > 0 only extract; rank 0 carries on
+    with h5py.File(paths["features"], "r") as f:
+        failed = [x for x in extract.read_failures(f) if x[0] in set(names)]
+        good = list_feature_names(f)
+    if len(good) < 2:
+        raise SfMError(f"only {len(good)} of {len(items)} images could be read; need at least 2"
+                       + "".join(f"\n  skipped {n}: {e}" for n, e in failed))
+    # later steps are redone whenever an earlier one ran
+    redo = overwrite or timings["extract"] > 0
+    timed("pairs", paths["pairs"].exists() and not redo,
+          lambda: pairs.main(paths["features"], paths["pairs"], conf.pairs))
+    if not pairs.parse_pairs(paths["pairs"]):
+        raise SfMError(f"no image pairs to match ({conf.pairs})")
+    redo = redo or timings["pairs"] > 0
+    timed("match", paths["matches"].exists() and not redo,
+          lambda: match.main(paths["pairs"], paths["features"], paths["matches"], conf.match, redo, progress))
+    redo = redo or timings["match"] > 0
+    timed("verify", paths["database"].exists() and not redo,
+          lambda: verify.main(paths["features"], paths["pairs"], paths["matches"], paths["database"],
+                              conf.camera, conf.verify, True, progress))
+    redo = redo or timings["verify"] > 0
+    fix = conf.camera.params is not None if conf.fix_intrinsics is None else conf.fix_intrinsics
+    timed("reconstruct", (out / "sparse" / "0").is_dir() and not redo,
+          lambda: reconstruct.main(paths["database"], image_dir, out, fix, conf.min_num_matches,
+                                   True, conf.seed, verbose))
+    model = out / "sparse" / "0"
+    stats = model_stats(read_model(model), num_images=len(good))
+    return SfMResult(out, paths["features"], paths["pairs"], paths["matches"], paths["database"],
+                     model, timings, failed, stats)

@@ -1,0 +1,226 @@
+"""lift-sfm end to end on a synthetic scene with known cameras, plus the steps: extraction
+(registry, resizing, rank split + merge, resume), pairs, batched matching, bad input."""
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("pycolmap")
+
+from correspondence import match_descriptors  # noqa: E402
+from lift import Features  # noqa: E402
+from lift.cli.sfm import main as sfm_main  # noqa: E402
+from lift.colmap import CameraSpec, camera_poses, read_database, read_model  # noqa: E402
+from lift.sfm import ExtractConf, MatchConf, SfMConfig, run  # noqa: E402
+from lift.sfm import extract, match, pairs  # noqa: E402
+from lift.sfm.evaluate import pose_errors  # noqa: E402
+from lift.sfm.synthetic import render_corner_scene  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scene")
+    cams = render_corner_scene(root / "images", num_views=6)
+    (root / "images" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    return root / "images", cams
+
+
+@pytest.fixture(scope="module")
+def reconstruction(scene, tmp_path_factory):
+    images, cams = scene
+    K = next(iter(cams.values()))["K"]
+    params = [K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5]  # COLMAP: pixel centre at +0.5
+    conf = SfMConfig(extract=ExtractConf("sift", max_keypoints=1024, num_workers=1),
+                     camera=CameraSpec("PINHOLE", params))
+    out = tmp_path_factory.mktemp("sfm")
+    return run(images, out, conf, progress=False), conf, cams
+
+
+def test_synthetic_scene_reconstructs(reconstruction):
+    result, _, cams = reconstruction
+    s = result.stats
+    assert s.registered == 6 and s.num_images == 6
+    assert s.points3d > 300 and s.track_length > 3.0
+    assert s.reprojection_error < 0.6
+    errors = pose_errors(camera_poses(read_model(result.model)), cams)
+    assert len(errors["names"]) == 6
+    assert errors["center"].max() < 0.01  # scene side 1, cameras ~1.9 away
+    assert errors["rotation"].max() < 0.3  # degrees
+    for f in ("cameras.bin", "images.bin", "points3D.bin"):
+        assert (result.model / f).is_file()
+    # the unreadable image is reported and skipped, nothing else lost
+    assert [n for n, _ in result.failed] == ["broken.jpg"]
+
+
+def test_hloc_layouts_readable_by_h5py(reconstruction):
+    result, _, _ = reconstruction
+    with h5py.File(result.features, "r") as f:
+        g = f["view_00.png"]
+        n = g["keypoints"].shape[0]
+        assert g["keypoints"].dtype == np.float32 and g["keypoints"].shape == (n, 2)
+        assert g["descriptors"].shape == (128, n)
+        assert tuple(g["image_size"][()]) == (400, 300)
+        assert json.loads(f.attrs["failed"])[0][0] == "broken.jpg"
+    lines = result.pairs.read_text().split("\n")
+    assert len([x for x in lines if x]) == 15 and lines[0] == "view_00.png view_01.png"
+    with h5py.File(result.matches, "r") as f:
+        g = f["view_00.png"]["view_01.png"]
+        m, s = g["matches0"][()], g["matching_scores0"][()]
+        assert m.dtype == np.int16 and s.dtype == np.float16 and len(m) == n
+        assert (m >= 0).sum() > 100 and (m >= -1).all()
+    db = read_database(result.database)
+    assert len(db.two_view) == 15 and db.frames == 6
+    inl, config = db.two_view[("view_00.png", "view_01.png")]
+    assert config == "UNCALIBRATED" and len(inl) > 100
+    assert set(map(tuple, inl)) <= set(map(tuple, db.matches[("view_00.png", "view_01.png")]))
+
+
+def test_rerun_skips_finished_steps(reconstruction, scene):
+    result, conf, _ = reconstruction
+    again = run(scene[0], result.output_dir, conf, progress=False)
+    assert all(t == 0.0 for t in again.timings.values()), again.timings
+    assert again.stats.points3d == result.stats.points3d
+
+
+def test_cli_bad_inputs(tmp_path, capsys, scene):
+    assert sfm_main([str(tmp_path / "missing"), str(tmp_path / "o1"), "--quiet"]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert sfm_main([str(empty), str(tmp_path / "o2"), "--quiet"]) == 1
+    assert "no images found" in capsys.readouterr().err
+    single = tmp_path / "single"
+    single.mkdir()
+    shutil.copy(scene[0] / "view_00.png", single)
+    assert sfm_main([str(single), str(tmp_path / "o3"), "--quiet"]) == 1
+    assert "single image" in capsys.readouterr().err
+    # two unrelated noise images: nothing to reconstruct -> clear message, exit 1
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        cv2.imwrite(str(noise / f"{i}.png"), cv2.GaussianBlur(rng.integers(0, 255, (120, 160), dtype=np.uint8), (3, 3), 1))
+    assert sfm_main([str(noise), str(tmp_path / "o4"), "--extractor", "sift", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "did not reconstruct" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:  # argparse usage error
+        sfm_main([str(noise), str(tmp_path / "o5"), "--extractor", "nope"])
+    assert exc.value.code == 2
+    assert sfm_main([str(noise), str(tmp_path / "o6"), "--camera-model", "PINHOLE",
+                     "--camera-params", "100,100,80", "--extractor", "sift"]) == 2
+    assert "4 parameters" in capsys.readouterr().err
+
+
+def test_extract_rank_split_merge_and_resume(scene, tmp_path):
+    images, _ = scene
+    items = [(p, p.name) for p in sorted(images.glob("view_0[0-2].png"))]
+    conf = ExtractConf("rootsift", max_keypoints=200, num_workers=0)
+    out = tmp_path / "features.h5"
+    for rank in range(2):
+        extract.extract(items, out, conf, rank=rank, world_size=2, progress=False)
+    with h5py.File(extract.part_path(out, 0, 2), "r") as f:
+        assert sorted(f.keys()) == ["view_00.png", "view_02.png"]
+    extract.merge_parts(out, 2)
+    assert not extract.part_path(out, 0, 2).exists()
+    single = tmp_path / "single.h5"
+    extract.extract(items, single, conf, progress=False)
+    extract.merge_parts(single, 1)
+    with h5py.File(out, "r") as a, h5py.File(single, "r") as b:
+        assert sorted(a.keys()) == sorted(b.keys()) == [n for _, n in items]
+        for n in a:
+            np.testing.assert_array_equal(a[n]["keypoints"][()], b[n]["keypoints"][()])
+            d = a[n]["descriptors"][()]
+            np.testing.assert_allclose(np.linalg.norm(d, axis=0), 1, atol=1e-5)
+            assert (d >= 0).all()  # RootSIFT
+    # resume: an interrupted part keeps its complete groups and drops the incomplete one
+    part = extract.part_path(tmp_path / "r.h5", 0, 1)
+    extract.extract(items[:2], tmp_path / "r.h5", conf, progress=False)
+    with h5py.File(part, "a") as f:
+        del f["view_01.png"].attrs["complete"]
+        kp0 = f["view_00.png"]["keypoints"][()]
+        f["view_00.png"]["keypoints"][0] = -7  # would be recomputed if not resumed
+    extract.extract(items, tmp_path / "r.h5", conf, progress=False)
+    with h5py.File(part, "r") as f:
+        assert sorted(f.keys()) == [n for _, n in items]
+        assert f["view_00.png"]["keypoints"][0, 0] == -7
+        np.testing.assert_array_equal(f["view_01.png"]["keypoints"][()],
+                                      h5py.File(single, "r")["view_01.png"]["keypoints"][()])
+    assert kp0[0, 0] != -7
+    # a corrupt part (killed writer) is moved aside and redone
+    part.write_bytes(b"garbage")
+    extract.extract(items[:1], tmp_path / "r.h5", conf, progress=False)
+    assert part.with_name(part.name + ".corrupt").exists()
+
+
+def test_lift_extractor_and_resize(tmp_path, scene, random_model):
+    images, _ = scene
+    weights = random_model.save(tmp_path / "random.pt")
+    items = [(images / "view_00.png", "view_00.png")]
+    conf = ExtractConf("lift", max_keypoints=64, model=str(weights), num_workers=0, resize_max=200)
+    out = extract.main(images, tmp_path / "f.h5", conf, image_names=["view_00.png"], progress=False)
+    with h5py.File(out, "r") as f:
+        g = f["view_00.png"]
+        assert 0 < len(g["keypoints"]) <= 64 and g["descriptors"].shape[0] == random_model.descriptor.dim
+        assert tuple(g["image_size"][()]) == (400, 300)
+        assert g["keypoints"][:, 0].max() > 200  # mapped back to the full-size image
+    # the mapping back to the original pixels: (x + 0.5) * s - 0.5, sigma * s
+    small = Features(np.array([[0.0, 0.0], [99.5, 74.5]]), [1.0, 2.0], [0.0, 1.0], [1.0, 0.5],
+                     np.zeros((2, 4)), (200, 150))
+    big = extract.to_original(small, (400, 300))
+    np.testing.assert_allclose(big.keypoints, [[0.5, 0.5], [199.5, 149.5]])
+    np.testing.assert_allclose(big.scales, [2.0, 4.0])
+    assert big.image_size == (400, 300)
+    with pytest.raises(ValueError, match="unknown extractor"):
+        extract.build_extractor(ExtractConf("nope"))
+
+
+def test_pairs_strategies(tmp_path):
+    names = [f"{i}.jpg" for i in range(5)]
+    assert len(pairs.make_pairs(names, "exhaustive")) == 10
+    seq = pairs.make_pairs(names, "sequential:2")
+    assert seq == [("0.jpg", "1.jpg"), ("0.jpg", "2.jpg"), ("1.jpg", "2.jpg"), ("1.jpg", "3.jpg"),
+                   ("2.jpg", "3.jpg"), ("2.jpg", "4.jpg"), ("3.jpg", "4.jpg")]
+    f = tmp_path / "p.txt"
+    f.write_text("0.jpg 1.jpg\n1.jpg 0.jpg\n\n2.jpg 9.jpg\n3.jpg 3.jpg\n4.jpg 2.jpg")
+    assert pairs.make_pairs(names, str(f)) == [("0.jpg", "1.jpg"), ("4.jpg", "2.jpg")]
+    assert pairs.names_to_pair("a/b.jpg", "c.jpg") == "a-b.jpg/c.jpg"
+    with pytest.raises(ValueError, match="sequential:K"):
+        pairs.make_pairs(names, "sequential:x")
+    with pytest.raises(ValueError, match="existing pairs file"):
+        pairs.make_pairs(names, "nonsense")
+
+
+def test_batched_matching_equals_per_pair(tmp_path):
+    rng = np.random.default_rng(0)
+    out = tmp_path / "f.h5"
+    sizes = {"a": 40, "b": 55, "c": 0, "d": 31}
+    from lift.h5io import write_features
+
+    descs = {}
+    with h5py.File(out, "w") as f:
+        for n, k in sizes.items():
+            d = rng.normal(size=(k, 16)).astype(np.float32)
+            d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
+            descs[n] = d
+            write_features(f, n, Features(rng.uniform(0, 50, (k, 2)), np.ones(k), np.zeros(k),
+                                         np.zeros(k), d, (64, 64)))
+    plist = pairs.exhaustive_pairs(list(sizes))
+    for method, ratio in (("mnn", None), ("mnn_ratio", 0.9)):
+        conf = MatchConf(method, ratio or 0.8, max_elements=3000)  # forces several batches
+        got = {(a, b): (m, s) for a, b, m, s in match.match_pairs(plist, out, conf, progress=False)}
+        for a, b in plist:
+            ref, _ = match_descriptors(descs[a], descs[b], "mnn", ratio=ratio)
+            m = got[(a, b)][0]
+            i0 = np.nonzero(m >= 0)[0]
+            np.testing.assert_array_equal(np.stack([i0, m[i0]], 1).reshape(-1, 2), ref.reshape(-1, 2))
+    pf = pairs.write_pairs(plist, tmp_path / "pairs.txt")
+    mpath = match.main(pf, out, tmp_path / "m.h5", MatchConf(), progress=False)
+    k, _ = match.read_matches(mpath, "b", "a")  # reversed lookup flips the columns
+    k2, _ = match.read_matches(mpath, "a", "b")
+    np.testing.assert_array_equal(k, k2[:, ::-1])
+    assert torch.is_tensor(torch.as_tensor(k))
