@@ -87,6 +87,7 @@ def test_runner_with_planted_matches():
     rec = res["methods"]["planted_test"]["pairs"][0]
     assert rec["matches"] == 10 and rec["matching_score"] == pytest.approx(0.8)
     assert rec["corner_error"] < 2.0 and rec["inliers"] >= 7  # 2 far outliers rejected
+    assert rec["inlier_gt_error_median"] < 0.5
 
 
 def test_speed_benchmark_counts():

@@ -216,3 +216,11 @@ def test_real_strecha_pairs():
     p = pairs[0]
     assert abs(np.linalg.det(p.R) - 1) < 1e-6 and p.K0[0, 0] == pytest.approx(2759.48 * 512 / 3072, rel=1e-3)
     assert p.image0.load().shape == (341, 512)
+
+
+def test_nested_image_folder_gives_unique_pair_names(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        cv2.imwrite(str(tmp_path / sub / "img.png"), _texture(60, 80, ord(sub)))
+    pairs = read_homography_dataset(tmp_path, pairs_per_image=1)
+    assert [p.name for p in pairs] == ["img/1-2", "img-1/1-2"]

@@ -211,7 +211,8 @@ def read_homography_dataset(root: PathLike, max_size: Optional[int] = None,
     """Read any homography benchmark folder.
 
     * an HPatches / Oxford sequence folder, or a folder of such sequences (e.g. ``hpatches/``);
-    * otherwise a folder of images: each image gives ``pairs_per_image`` synthetic pairs of
+    * otherwise a folder of images (searched recursively when the top level holds none): each
+      image gives ``pairs_per_image`` synthetic pairs of
       increasing difficulty (:func:`synthetic_homography_pairs`, seeded by ``seed``;
       ``homography_kw`` such as ``max_zoom`` go to :func:`synthetic_homography`).
 
@@ -224,7 +225,7 @@ def read_homography_dataset(root: PathLike, max_size: Optional[int] = None,
     seqs = find_homography_sequences(root)
     if seqs:
         return [p for s in seqs for p in read_homography_sequence(s, max_size)]
-    images = list_images(root) if root.is_dir() else [root]
+    images = (list_images(root) or list_images(root, recursive=True)) if root.is_dir() else [root]
     images = [p for p in images if p.suffix.lower() in IMAGE_EXTENSIONS]
     if not images:
         raise FileNotFoundError(f"{root} holds no HPatches/Oxford sequence and no image "
@@ -322,11 +323,13 @@ def synthetic_homography_pairs(images: Sequence[Union[ImageRef, np.ndarray, Path
             refs.append(ImageRef.from_array(f"array{i}", resize_max(_to_gray_uint8(im), max_size)[0]))
         else:
             refs.append(ImageRef.from_path(im, max_size))
-    pairs = []
+    pairs, names = [], set()
     for i, ref in enumerate(refs):
         image = ref.load()
         size = (image.shape[1], image.shape[0])
         name = Path(ref.key.split("@")[0]).stem if not ref.key.startswith("array") else ref.key
+        name = name if name not in names else f"{name}-{i}"  # same stem in two sub-folders
+        names.add(name)
         for k in range(1, pairs_per_image + 1):
             s = seed * 1_000_003 + 1000 * i + k
             difficulty = k / pairs_per_image

@@ -140,6 +140,13 @@ def _homography_tables(results: dict) -> str:
         out.append("\nMean corner error (px) per pair after robust estimation:\n")
         out.append(_table(["method"] + pair_names,
                           [[s] + [_fmt(per[s][p]["corner_error"], digits=2) for p in pair_names] for s in ok]))
+        if all("inlier_gt_error_median" in per[s][p] for s in ok for p in pair_names):
+            out.append("\nMedian ground-truth reprojection error (px) of the robust inliers (a check "
+                       "of the ground truth: well above 1 px for every method means the given "
+                       "homography and the images disagree):\n")
+            out.append(_table(["method"] + pair_names,
+                              [[s] + [_fmt(per[s][p]["inlier_gt_error_median"], digits=2)
+                                      for p in pair_names] for s in ok]))
     return "\n".join(out)
 
 

@@ -155,7 +155,10 @@ def run_homography_benchmark(pairs: Sequence[HomographyPair], methods: Sequence[
                           f"correct at {eps:g} px")
         return {"sequence": pair.sequence, "matches": len(matches), "mma": M.match_accuracy(err).tolist(),
                 "corner_error": M.corner_error(H_est, pair.H, f0.image_size),
-                "inliers": int(inl.sum()), "repeatability": rep["repeatability"],
+                "inliers": int(inl.sum()),
+                # trust check of the ground truth: small when GT and the robust fit agree
+                "inlier_gt_error_median": float(np.median(err[inl])) if inl.any() else float("nan"),
+                "repeatability": rep["repeatability"],
                 "matching_score": M.matching_score(f0.keypoints, f1.keypoints, matches, pair.H,
                                                    f0.image_size, f1.image_size, eps)}
 
