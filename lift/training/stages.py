@@ -1,0 +1,233 @@
+"""The four LIFT training stages (``desc`` -> ``ori`` -> ``det`` -> ``joint``) as loss modules.
+
+Every stage is an ``nn.Module`` around one :class:`lift.LIFTModel` whose ``forward(batch, gen)``
+returns a dict of scalars with the total ``loss``; :meth:`Stage.trainable` names the networks it
+optimises (the others are frozen and kept in eval mode). A batch is a collated
+:class:`lift.data.QuadrupletDataset` item: ``patches`` ``B x 4 x 1 x S x S`` (P1, P2 same track,
+P3 another track, P4 non-keypoint), ``keypoints`` ``B x 4 x 4`` (x, y, sigma, ori), ``track``
+``B x 4``. Network inputs are cut from the stored patches with :mod:`lift.training.crops`, the
+inference geometry.
+
+* ``desc``: P1/P2 cut at the ground-truth orientation (the stored keypoint's; with small random
+  jitter of position, scale and angle, as the runtime's estimates have), HardNet loss
+  (:func:`~lift.training.losses.hardest_negative_loss`, margin 1, anchor swap).
+* ``ori``: P1/P2 input cut upright in a randomly rotated frame (full-circle rotation
+  augmentation), orientation predicted, descriptor (frozen) cut at the predicted angle; loss =
+  descriptor distance (LIFT), plus optionally ``angle_weight * (1 - cos(err))`` on the relative
+  angle between the two views, whose ground truth is the difference of the stored orientations.
+* ``det``: detector scores on the stored patches resized as at inference; classification hinge
+  over P1..P4 patch scores (soft maximum of the central score window) + pair loss: the
+  descriptor distance of P1/P2 cut at their soft-argmax locations and predicted orientations
+  (orientation net and descriptor frozen).
+* ``joint``: the ``det`` classification loss + the descriptor HardNet loss on crops made by the
+  detector + orientation chain, optimising detector and descriptor (orientation frozen, as in
+  tf-lift where ori gets gradients from its own loss only).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..glue import soft_argmax, soft_max_score
+from ..model import LIFTModel
+from .crops import PatchGeometry, crop_patches, detector_input, score_offsets
+from .losses import (angle_difference, classification_loss, descriptor_pair_distance,
+                     hardest_negative_loss, orientation_loss)
+
+__all__ = ["Stage", "DescriptorStage", "OrientationStage", "DetectorStage", "JointStage",
+           "STAGES", "make_stage"]
+
+
+def _uniform(gen: Optional[torch.Generator], n: int, low: float, high: float) -> torch.Tensor:
+    return torch.rand(n, generator=gen) * (high - low) + low
+
+
+class Stage(nn.Module):
+    """Base class: holds the model and the stored-patch geometry.
+
+    Args:
+        model: the networks. geom: geometry of the stored patches.
+        jitter_xy: position jitter of descriptor crops, +- this many sigma (uniform).
+        jitter_scale: scale jitter, sigma multiplied by 2^U(+-jitter_scale).
+        jitter_ori: angle jitter, +- radians.
+        margin: descriptor triplet margin.
+        det_crop: half-width (cells) of the central detector window used for the patch score
+            and soft-argmax; cells are ~1 sigma for the shipped detector.
+        beta: soft-argmax / soft-max strength (LIFT: 10).
+        angle_weight: weight of the supervised relative-angle term of the ``ori`` stage.
+        pair_weight, class_weight: detector loss weights.
+    """
+
+    name = "base"
+    trains: Tuple[str, ...] = ()
+
+    def __init__(self, model: LIFTModel, geom: PatchGeometry, jitter_xy: float = 0.15,
+                 jitter_scale: float = 0.1, jitter_ori: float = 0.1, margin: float = 1.0,
+                 det_crop: int = 3, beta: float = 10.0, angle_weight: float = 0.5,
+                 pair_weight: float = 1.0, class_weight: float = 1.0):
+        super().__init__()
+        self.model, self.geom = model, geom
+        self.jitter_xy, self.jitter_scale, self.jitter_ori = jitter_xy, jitter_scale, jitter_ori
+        self.margin, self.det_crop, self.beta = margin, det_crop, beta
+        self.angle_weight = angle_weight
+        self.pair_weight, self.class_weight = pair_weight, class_weight
+        for net in ("detector", "orientation", "descriptor"):
+            getattr(model, net).requires_grad_(net in self.trains)
+        self.train()  # frozen networks (and their batch-norm statistics) stay in eval mode
+
+    def trainable(self) -> List[nn.Parameter]:
+        return [p for n in self.trains for p in getattr(self.model, n).parameters()]
+
+    def train(self, mode: bool = True):
+        """Only the trained networks switch to train mode; frozen ones stay in eval mode."""
+        super().train(mode)
+        for net in ("detector", "orientation", "descriptor"):
+            getattr(self.model, net).train(mode and net in self.trains)
+        return self
+
+    # ------------------------------------------------------------------ building blocks
+    def _pairs(self, batch) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """P1 and P2 stacked as ``2B x 1 x S x S`` (P1 rows first), their oris ``2B`` and the
+        track labels ``B``."""
+        p = batch["patches"]
+        x = torch.cat([p[:, 0], p[:, 1]])
+        ori = torch.cat([batch["keypoints"][:, 0, 3], batch["keypoints"][:, 1, 3]])
+        return x, ori, batch["track"][:, 0]
+
+    def _jitter(self, n: int, gen) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        off = _uniform(gen, 2 * n, -self.jitter_xy, self.jitter_xy).reshape(n, 2) * self.geom.sigma
+        scl = 2.0 ** _uniform(gen, n, -self.jitter_scale, self.jitter_scale)
+        rot = _uniform(gen, n, -self.jitter_ori, self.jitter_ori)
+        return off, scl, rot
+
+    def pyramid(self, x: torch.Tensor):
+        """Pyramid of stored patches deep enough for this model's orientation/descriptor inputs
+        (scale jitter included)."""
+        size = min(self.model.orientation.input_size, self.model.descriptor.input_size)
+        return self.geom.pyramid(x, size, 2.0 ** max(self.jitter_scale, 0.0) * 1.01)
+
+    def describe(self, pyr, offsets=None, oris=None) -> torch.Tensor:
+        net = self.model.descriptor
+        return net(crop_patches(pyr, self.geom, net.input_size, offsets, oris))
+
+    def orient(self, pyr, offsets=None, frame: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Predicted orientation (radians, stored-patch frame) of the keypoint at ``offsets``;
+        the network sees the crop in the frame rotated by ``frame`` (augmentation)."""
+        net = self.model.orientation
+        cs = net(crop_patches(pyr, self.geom, net.input_size, offsets, frame))
+        ang = torch.atan2(cs[:, 1], cs[:, 0])
+        return ang if frame is None else ang + frame
+
+    def detect(self, patches: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Patch scores ``N`` and soft-argmax offsets ``N x 2`` (stored-patch pixels from the
+        centre) of ``N x 1 x S x S`` stored patches."""
+        det = self.model.detector
+        inp = detector_input(patches, self.geom, det.px_per_sigma)
+        smap = det(inp)[:, 0]
+        sl, origin, cell = score_offsets(smap.shape[-1], inp.shape[-1], det.border, self.geom,
+                                         self.det_crop)
+        window = smap[:, sl, sl]
+        score = soft_max_score(window, self.beta)
+        xy = soft_argmax(window, self.beta)
+        return score, origin + xy * cell - self.geom.centre
+
+    def classify(self, batch):
+        """Detector on all K patches of the batch. Returns ``x`` (``K B x 1 x S x S``, rows P1
+        of every item, then P2, P3, P4), ``B``, patch scores and soft-argmax offsets (``K B``),
+        the keypoint mask (P4 rows False) and the classification loss."""
+        p = batch["patches"]
+        b, k = p.shape[:2]
+        x = p.transpose(0, 1).reshape(b * k, *p.shape[2:])
+        score, off = self.detect(x)
+        is_kp = torch.ones(b * k, dtype=torch.bool)
+        if k > 3:
+            is_kp[3 * b:] = False
+        return x, b, score, off, is_kp, classification_loss(score, is_kp)
+
+    def chain(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Full inference chain on ``N x 1 x S x S``: detector location -> orientation ->
+        descriptor. Returns ``score``, ``offset``, ``ori``, ``desc``."""
+        score, off = self.detect(x)
+        pyr = self.pyramid(x)
+        ori = self.orient(pyr, off)
+        return {"score": score, "offset": off, "ori": ori, "desc": self.describe(pyr, off, ori)}
+
+    def forward(self, batch, gen: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class DescriptorStage(Stage):
+    name, trains = "desc", ("descriptor",)
+
+    def forward(self, batch, gen=None):
+        x, ori, labels = self._pairs(batch)
+        off, scl, rot = self._jitter(len(x), gen)
+        pyr = self.pyramid(x)
+        net = self.model.descriptor
+        d = net(crop_patches(pyr, self.geom, net.input_size, off, ori + rot, scl))
+        b = len(labels)
+        return hardest_negative_loss(d[:b], d[b:], self.margin, labels=labels)
+
+
+class OrientationStage(Stage):
+    name, trains = "ori", ("orientation",)
+
+    def forward(self, batch, gen=None):
+        x, gt, _ = self._pairs(batch)
+        b = len(x) // 2
+        frame = _uniform(gen, len(x), -math.pi, math.pi)
+        pyr = self.pyramid(x)
+        theta = self.orient(pyr, None, frame)
+        d = self.describe(pyr, None, theta)
+        out = {"desc_dist": orientation_loss(d[:b], d[b:])}
+        err = angle_difference(theta[b:] - theta[:b], gt[b:] - gt[:b])
+        out["angle"] = (1.0 - torch.cos(err)).mean()
+        out["loss"] = out["desc_dist"] + self.angle_weight * out["angle"]
+        out["err_deg"] = err.detach().abs().median() * 180.0 / math.pi
+        out["desc_dist"] = out["desc_dist"].detach()
+        return out
+
+
+class DetectorStage(Stage):
+    name, trains = "det", ("detector",)
+
+    def forward(self, batch, gen=None):
+        x, b, score, off, is_kp, cls = self.classify(batch)
+        k = len(x) // b
+        pairs = x[:2 * b]
+        pyr = self.pyramid(pairs)
+        ori = self.orient(pyr, off[:2 * b])
+        d = self.describe(pyr, off[:2 * b], ori)
+        pair = descriptor_pair_distance(d[:b], d[b:]).mean()
+        loss = self.class_weight * cls + self.pair_weight * pair
+        return {"loss": loss, "cls": cls.detach(), "pair": pair.detach(),
+                "score_kp": score[is_kp].mean().detach(),
+                "score_neg": score[~is_kp].mean().detach() if k > 3 else score.new_zeros(())}
+
+
+class JointStage(Stage):
+    name, trains = "joint", ("detector", "descriptor")
+
+    def forward(self, batch, gen=None):
+        x, b, score, off, is_kp, cls = self.classify(batch)
+        pairs = x[:2 * b]
+        pyr = self.pyramid(pairs)
+        ori = self.orient(pyr, off[:2 * b]).detach()
+        d = self.describe(pyr, off[:2 * b], ori)
+        desc = hardest_negative_loss(d[:b], d[b:], self.margin, labels=batch["track"][:, 0])
+        loss = self.class_weight * cls + desc["loss"]
+        return {"loss": loss, "cls": cls.detach(), "desc": desc["loss"].detach(),
+                "pos": desc["pos"], "neg": desc["neg"]}
+
+
+STAGES = {s.name: s for s in (DescriptorStage, OrientationStage, DetectorStage, JointStage)}
+
+
+def make_stage(name: str, model: LIFTModel, geom: PatchGeometry, **options) -> Stage:
+    """Stage by name (``desc``, ``ori``, ``det``, ``joint``)."""
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; choose one of {sorted(STAGES)}")
+    return STAGES[name](model, geom, **options)

@@ -1,0 +1,211 @@
+"""Training: crop geometry, losses, metrics, the four stages, exact resume and 2-process DDP,
+on a tiny synthetic patch file generated from skimage photos (data/make_fixtures.py)."""
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lift.data import QuadrupletDataset, cut_patches
+from lift.glue import blur_downsample, extract_patches_pyramid, build_pyramid
+from lift.model import LIFTModel
+from lift.training.crops import PatchGeometry, crop_patches, detector_input, half_image, score_offsets
+from lift.training.losses import classification_loss, hardest_negative_loss
+from lift.training.metrics import fpr95, roc_auc
+from lift.training.stages import make_stage
+from lift.training.trainer import TrainConfig, Trainer
+from lift.training.validation import collate, evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_h5(tmp_path_factory):
+    from lift.data.fixtures import make_tiny_synthetic
+
+    return make_tiny_synthetic(tmp_path_factory.mktemp("train") / "tiny.h5")
+
+
+def _datasets(path, seed=0):
+    tr = QuadrupletDataset(path, split="train", seed=seed, in_memory=True, as_float=False)
+    va = QuadrupletDataset(path, split="val", seed=1, in_memory=True, as_float=False)
+    return tr, va
+
+
+def _stage(name, init=None):
+    torch.manual_seed(0)
+    model = LIFTModel() if init is None else init
+    return make_stage(name, model, PatchGeometry(128, 12.0))
+
+
+# ---------------------------------------------------------------------------- geometry
+def test_half_image_equals_runtime_pyramid_step():
+    x = torch.rand(3, 1, 37, 50)
+    assert torch.allclose(half_image(x), blur_downsample(x), atol=1e-6)
+
+
+def test_training_crop_reproduces_inference_crop(photo):
+    """A crop cut from a stored 128 px patch must show what the runtime cuts from the image at
+    the same keypoint, scale and angle (same centre, same rotation sense, same support)."""
+    import cv2
+
+    img = cv2.GaussianBlur(photo, (0, 0), 1.5)
+    kp = np.array([[200.3, 180.7, 3.0, 0.0], [150.0, 260.2, 4.5, 0.0], [260.0, 200.0, 2.5, 0.0]])
+    oris = torch.tensor([0.4, -2.0, 1.3])
+    stored = torch.from_numpy(cut_patches(img, kp)).float()[:, None] / 255
+    geom = PatchGeometry(128, 12.0)
+    ours = crop_patches(geom.pyramid(stored), geom, 32, oris=oris)
+    gray = torch.from_numpy(img).float()[None, None] / 255
+    ref = extract_patches_pyramid(build_pyramid(gray, 3), torch.tensor(kp[:, :2]).float(),
+                                  torch.tensor(kp[:, 2]).float(), oris, 32, 6.0)
+    err = (ours - ref).abs().mean(dim=(1, 2, 3))
+    spread = ref.std(dim=(1, 2, 3))
+    assert (err < 0.25 * spread).all(), (err, spread)
+    # a wrong rotation sense would be far off
+    wrong = crop_patches(geom.pyramid(stored), geom, 32, oris=-oris)
+    assert ((wrong - ref).abs().mean(dim=(1, 2, 3)) > 2 * err).all()
+
+
+def test_detector_window_is_centred_on_the_keypoint():
+    geom = PatchGeometry(128, 12.0)
+    model = LIFTModel()
+    x = detector_input(torch.rand(2, 1, 128, 128), geom, model.detector.px_per_sigma)
+    assert x.shape[-1] == 23
+    smap = model.detector(x)
+    sl, origin, cell = score_offsets(smap.shape[-1], x.shape[-1], model.detector.border, geom, 3)
+    centre_cell = (sl.stop - sl.start - 1) / 2
+    assert origin + centre_cell * cell == pytest.approx(geom.centre)
+    assert cell == pytest.approx(128 / 23)
+
+
+# ---------------------------------------------------------------------------- losses, metrics
+def test_fpr95_counts_negatives_below_the_95_percent_threshold():
+    pos = np.arange(1, 101) / 100.0  # 95 % recall threshold = 0.95
+    neg = np.array([0.5, 0.94, 0.95, 0.96, 2.0])
+    d = np.r_[pos, neg]
+    y = np.r_[np.ones(100), np.zeros(5)]
+    assert fpr95(d, y) == pytest.approx(3 / 5)
+    with pytest.raises(ValueError):
+        fpr95(pos, np.ones(100))
+    assert roc_auc([0.1, 0.2, 0.9, 0.8], [0, 0, 1, 1]) == pytest.approx(1.0)
+
+
+def test_hardest_negative_loss_uses_the_closest_wrong_match_and_anchor_swap():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    p = torch.tensor([[0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]])
+    out = hardest_negative_loss(a, p, margin=1.0, anchor_swap=False)
+    d = torch.cdist(a, p)
+    row_neg = torch.stack([d[0, 1], d[1, 0], d[2, 1]])
+    want = torch.relu(1.0 + d.diagonal() - row_neg).mean()
+    assert out["loss"].item() == pytest.approx(want.item(), abs=1e-3)
+    swap = hardest_negative_loss(a, p, margin=1.0, anchor_swap=True)
+    col_neg = torch.stack([d[1, 0], d[0, 1], d[0, 2]])
+    want = torch.relu(1.0 + d.diagonal() - torch.minimum(row_neg, col_neg)).mean()
+    assert swap["loss"].item() == pytest.approx(want.item(), abs=1e-3)
+    # rows with the same label are never negatives
+    same = hardest_negative_loss(a, p, labels=torch.tensor([0, 0, 1]), anchor_swap=False)
+    assert same["neg"].item() > out["neg"].item()
+
+
+def test_classification_loss_is_zero_for_separated_scores():
+    s = torch.tensor([1.5, 2.0, -1.2, -3.0])
+    kp = torch.tensor([True, True, False, False])
+    assert classification_loss(s, kp).item() == 0.0
+    assert classification_loss(-s, kp).item() == pytest.approx(((2.5 + 3.0) / 2 + (2.2 + 4.0) / 2) / 2)
+
+
+# ---------------------------------------------------------------------------- stages
+@pytest.mark.parametrize("name,trains", [("desc", {"descriptor"}), ("ori", {"orientation"}),
+                                         ("det", {"detector"}),
+                                         ("joint", {"detector", "descriptor"})])
+def test_each_stage_updates_only_its_networks(tiny_h5, name, trains):
+    tr, _ = _datasets(tiny_h5)
+    stage = _stage(name)
+    before = {k: v.clone() for k, v in stage.model.state_dict().items()}
+    opt = torch.optim.Adam(stage.trainable(), lr=1e-2)
+    out = stage(collate([tr[i] for i in range(12)]), torch.Generator().manual_seed(0))
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    opt.step()
+    after = stage.model.state_dict()
+    for net in ("detector", "orientation", "descriptor"):
+        changed = any(not torch.equal(before[k], after[k]) for k in before
+                      if k.startswith(net + ".") and after[k].is_floating_point())
+        assert changed == (net in trains), (net, changed)
+
+
+def test_descriptor_training_lowers_the_loss_on_held_out_batch(tiny_h5, tmp_path):
+    tr, va = _datasets(tiny_h5)
+    stage = _stage("desc")
+    probe = collate([tr[i] for i in range(32)])
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    stage.eval()
+    with torch.no_grad():
+        start = stage(probe, gen())["loss"].item()
+    cfg = TrainConfig(steps=25, batch_size=16, lr=3e-3, val_every=0, ckpt_every=100,
+                      progress=False, log_every=5)
+    Trainer(stage, tr, None, tmp_path, cfg).run()
+    stage.eval()
+    with torch.no_grad():
+        end = stage(probe, gen())["loss"].item()
+    assert end < 0.8 * start, (start, end)
+    assert LIFTModel.load(tmp_path / "model.pt").meta["stages"]["desc"]["steps"] == 25
+    metrics = evaluate(stage, va, 50)
+    assert 0.0 <= metrics["fpr95_gt"] <= 1.0 and metrics["items"] > 0
+
+
+def _losses(path):
+    with open(path / "log.csv") as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+def test_resume_continues_exactly(tiny_h5, tmp_path):
+    tr, va = _datasets(tiny_h5)
+    cfg = dict(steps=6, batch_size=16, lr=2e-3, val_every=0, ckpt_every=3, log_every=1,
+               progress=False)
+    Trainer(_stage("desc"), tr, va, tmp_path / "a", TrainConfig(**cfg)).run()
+
+    class Interrupted(Trainer):
+        def train_step(self, step):
+            out = super().train_step(step)
+            if step == 2:  # as if SIGTERM arrived during the third step
+                self._stop = True
+            return out
+
+    tr2, va2 = _datasets(tiny_h5)
+    t = Interrupted(_stage("desc"), tr2, va2, tmp_path / "b", TrainConfig(**cfg))
+    t.run()
+    assert torch.load(tmp_path / "b/checkpoint.pt", weights_only=False)["step"] == 3
+    torch.manual_seed(123)  # a fresh process would have other global RNG state
+    resumed = Trainer(_stage("desc"), tr2, va2, tmp_path / "b", TrainConfig(**cfg), resume=True)
+    assert resumed.step == 3
+    resumed.run()
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert sorted(b) == list(range(1, 7))
+    for s in range(1, 7):
+        assert b[s] == pytest.approx(a[s], rel=1e-5, abs=1e-6), s
+    wa = LIFTModel.load(tmp_path / "a/model.pt").descriptor.state_dict()
+    wb = LIFTModel.load(tmp_path / "b/model.pt").descriptor.state_dict()
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)
+
+
+def test_two_process_gloo_training(tiny_h5, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29611", "-m", "lift.training.cli", "--stage", "desc",
+           "--data", str(tiny_h5), "--output", str(tmp_path), "--steps", "3",
+           "--batch-size", "16", "--val-every", "0", "--no-progress", "--log-every", "1"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 3 and ck["world"] == 2
+    assert sorted(_losses(tmp_path)) == [1, 2, 3]
+    torch.manual_seed(0)
+    init = LIFTModel().descriptor.state_dict()
+    trained = LIFTModel.load(tmp_path / "model.pt").descriptor.state_dict()
+    assert any(not torch.allclose(init[k].float(), trained[k].float()) for k in init)

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Reproduces the shipped weights lift/weights/lift_default.pt end to end (record and numbers:
+# lift/weights/README.md):
+#   1. training data from ../shared/data via lift-build-patches (skipped where the file exists);
+#   2. the four LIFT stages in order desc -> ori -> det -> joint (lift-train), each starting
+#      from the previous stage's best weights;
+#   3. export to lift/weights/lift_default.pt, check it loads and runs detect_and_describe.
+# Every stage checkpoints; re-running this script after an interruption resumes the stage that
+# was running (--resume) and skips finished ones.
+#
+# Environment: SHARED (default ../shared/data), DATA (runs/data), RUNS (runs/train),
+# THREADS (torch threads per process, default 1: fastest on a shared 2-core machine),
+# NPROC (processes per stage via torchrun, default 1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${SHARED:-../shared/data}
+DATA=${DATA:-runs/data}
+RUNS=${RUNS:-runs/train}
+THREADS=${THREADS:-1}
+NPROC=${NPROC:-1}
+mkdir -p "$DATA" "$RUNS"
+
+build() {  # build <file> <lift-build-patches arguments...>
+  local out=$1; shift
+  if [ ! -f "$out" ]; then
+    python -m lift.data.build "$@" --output "$out" --quiet
+  fi
+}
+build "$DATA/synthetic.h5" synthetic --photos "$SHARED/photos" --groups-per-photo 1 \
+  --tracks-per-group 64 --views 2 4 --negatives-per-view 16 --seed 0
+build "$DATA/colmap_sacre_coeur.h5" colmap --images "$SHARED/sfm/sacre_coeur/mapping" \
+  --max-side 1600 --num-threads 2
+build "$DATA/colmap_sceaux_castle.h5" colmap --images "$SHARED/sfm/sceaux_castle/images" \
+  --max-side 1600 --num-threads 2
+
+if [ "$NPROC" -gt 1 ]; then
+  TRAIN=(python -m torch.distributed.run --nproc_per_node "$NPROC" -m lift.training.cli)
+else
+  TRAIN=(python -m lift.training.cli)
+fi
+
+stage() {  # stage <name> <run dir> <lift-train arguments...>: skip when finished, else resume
+  local name=$1 dir=$2; shift 2
+  if [ -f "$dir/summary.json" ] && grep -q '"finished": true' "$dir/summary.json"; then
+    echo "stage $name: $dir finished, skipped"
+    return
+  fi
+  "${TRAIN[@]}" --stage "$name" --output "$dir" --resume --threads "$THREADS" --no-progress "$@"
+}
+
+SYN="$DATA/synthetic.h5"
+CASTLE="$DATA/colmap_sceaux_castle.h5"
+COMMON=(--batch-size 256 --val-items 2000 --ckpt-every 100 --seed 0)
+
+# 1a. descriptor warm-up on synthetic + sacre_coeur (164 steps of a 2500-step schedule)
+stage desc "$RUNS/desc_a" --data "$SYN" "$DATA/colmap_sacre_coeur.h5" --steps 2500 \
+  --stop-at 164 --val-every 200 "${COMMON[@]}"
+# 1b. descriptor on synthetic + sceaux_castle (sacre_coeur is left out from here on: its
+#     rotated copies are the orientation benchmark)
+stage desc "$RUNS/desc" --data "$SYN" "$CASTLE" --init "$RUNS/desc_a/model.pt" --steps 1300 \
+  --val-every 200 "${COMMON[@]}"
+# 2. orientation (descriptor frozen)
+stage ori "$RUNS/ori" --data "$SYN" "$CASTLE" --init "$RUNS/desc/best.pt" --steps 500 \
+  --val-every 100 "${COMMON[@]}"
+# 3. detector (orientation and descriptor frozen)
+stage det "$RUNS/det" --data "$SYN" "$CASTLE" --init "$RUNS/ori/best.pt" --steps 300 \
+  --val-every 100 "${COMMON[@]}"
+# 4. joint fine-tuning of detector + descriptor
+stage joint "$RUNS/joint" --data "$SYN" "$CASTLE" --init "$RUNS/det/best.pt" --steps 300 \
+  --lr 2e-4 --val-every 100 "${COMMON[@]}"
+
+python tools/export_default.py "$RUNS/joint/best.pt" lift/weights/lift_default.pt
