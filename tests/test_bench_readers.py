@@ -224,3 +224,4 @@ def test_nested_image_folder_gives_unique_pair_names(tmp_path):
         cv2.imwrite(str(tmp_path / sub / "img.png"), _texture(60, 80, ord(sub)))
     pairs = read_homography_dataset(tmp_path, pairs_per_image=1)
     assert [p.name for p in pairs] == ["img/1-2", "img-1/1-2"]
+    assert len(read_homography_dataset(tmp_path, pairs_per_image=1, pattern="b/*")) == 1

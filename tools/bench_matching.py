@@ -7,8 +7,8 @@ typed by hand. Runs (each skipped with a note when its data is absent):
 
 * ``homography``: Oxford ``boat`` (zoom + rotation) and ``iguazu`` (noise) from
   ``../shared/data/homography``;
-* ``homography-synthetic``: seeded synthetic warps (zoom up to 4x) of the held-out test photos
-  (``../shared/data/photos/CSet5``);
+* ``homography-synthetic``: seeded synthetic warps (zoom up to 4x) of held-out test photos
+  (``../shared/data/photos/Urban100/img_091..099``, long side 640);
 * ``pose``: Strecha ``castle-P19`` and ``entry-P10`` (pairs i, i+1 and i, i+2, long side 1024).
 
 Usage::
@@ -42,9 +42,10 @@ def _runs(methods: str, max_keypoints: int):
                        SHARED / "homography",
                        ["homography", "--data", str(SHARED / "homography")] + common),
         "homography-synthetic": ("Synthetic homographies (zoom up to 4x, rotation up to 30°) + "
-                                 "photometric change on held-out photos (CSet5)",
-                                 SHARED / "photos" / "CSet5",
-                                 ["homography", "--data", str(SHARED / "photos" / "CSet5"),
+                                 "photometric change on held-out photos (Urban100 img_091-099, 640 px)",
+                                 SHARED / "photos" / "Urban100",
+                                 ["homography", "--data", str(SHARED / "photos" / "Urban100"),
+                                  "--glob", "img_09[1-9].*", "--max-size", "640",
                                   "--pairs-per-image", "5", "--seed", "0", "--max-zoom", "4",
                                   "--max-rotation", "30"] + common),
         "pose": ("Strecha castle-P19 + entry-P10, relative pose", SHARED / "sfm" / "strecha",

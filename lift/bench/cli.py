@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=float, default=3.0, help="repeatability / matching-score threshold (px)")
     p.add_argument("--pairs-per-image", type=int, default=5, help="synthetic pairs per image")
     p.add_argument("--max-images", type=int, default=None, help="use at most this many images (synthetic)")
+    p.add_argument("--glob", default=None, help="select images of the folder by pattern, e.g. 'img_09*'")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic homographies")
     p.add_argument("--max-zoom", type=float, default=2.0, help="largest synthetic zoom factor")
     p.add_argument("--max-rotation", type=float, default=30.0, help="largest synthetic rotation (deg)")
@@ -122,7 +123,8 @@ def _run(args) -> Path:
                                                args.seed, max_size=args.max_size or 640, **warp)
         else:
             pairs = read_homography_dataset(args.data, args.max_size, pairs_per_image=args.pairs_per_image,
-                                            max_images=args.max_images, seed=args.seed, **warp)
+                                            max_images=args.max_images, seed=args.seed,
+                                            pattern=args.glob, **warp)
         results = run_homography_benchmark(
             pairs, methods, args.max_keypoints, args.estimator, args.ransac_threshold, args.eps,
             None if args.no_figures else fig_dir, _figure_pairs(pairs), args.device, args.quiet)

@@ -207,14 +207,15 @@ def find_homography_sequences(root: PathLike) -> List[Path]:
 def read_homography_dataset(root: PathLike, max_size: Optional[int] = None,
                             synthetic_max_size: int = 1024, pairs_per_image: int = 5,
                             max_images: Optional[int] = None, seed: int = 0,
-                            **homography_kw) -> List[HomographyPair]:
+                            pattern: Optional[str] = None, **homography_kw) -> List[HomographyPair]:
     """Read any homography benchmark folder.
 
     * an HPatches / Oxford sequence folder, or a folder of such sequences (e.g. ``hpatches/``);
     * otherwise a folder of images (searched recursively when the top level holds none): each
       image gives ``pairs_per_image`` synthetic pairs of
       increasing difficulty (:func:`synthetic_homography_pairs`, seeded by ``seed``;
-      ``homography_kw`` such as ``max_zoom`` go to :func:`synthetic_homography`).
+      ``homography_kw`` such as ``max_zoom`` go to :func:`synthetic_homography`). ``pattern``
+      (fnmatch on the path relative to ``root``, e.g. ``"img_09*"``) selects images.
 
     Raises:
         FileNotFoundError: ``root`` does not exist or holds no usable image.
@@ -227,6 +228,10 @@ def read_homography_dataset(root: PathLike, max_size: Optional[int] = None,
         return [p for s in seqs for p in read_homography_sequence(s, max_size)]
     images = (list_images(root) or list_images(root, recursive=True)) if root.is_dir() else [root]
     images = [p for p in images if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if pattern is not None and root.is_dir():
+        import fnmatch
+
+        images = [p for p in images if fnmatch.fnmatch(p.relative_to(root).as_posix(), pattern)]
     if not images:
         raise FileNotFoundError(f"{root} holds no HPatches/Oxford sequence and no image "
                                 f"({', '.join(IMAGE_EXTENSIONS)})")
