@@ -291,12 +291,15 @@ def main(image_dir: Path, output: Path, conf: ExtractConf = ExtractConf(),
     if world > 1:
         import torch.distributed as dist
 
-        if not dist.is_initialized():
+        owned = not dist.is_initialized()
+        if owned:
             dist.init_process_group("gloo")
         dist.barrier()
         if rank == 0:
             merge_parts(output, world, keep_existing=not overwrite)
         dist.barrier()
+        if owned:
+            dist.destroy_process_group()
     else:
         merge_parts(output, 1, keep_existing=not overwrite)
     return Path(output)
