@@ -114,20 +114,26 @@ def _rank2(F: torch.Tensor) -> torch.Tensor:
     return U @ torch.diag_embed(S) @ Vh
 
 
-def fundamental_fit(x0: torch.Tensor, x1: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Weighted 8-point: ``G x P x 2`` normalised points, ``G x P`` weights -> ``G x 3 x 3`` rank-2 F."""
+def fundamental_fit(x0: torch.Tensor, x1: torch.Tensor, weights: Optional[torch.Tensor] = None,
+                    init: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Weighted 8-point: ``G x P x 2`` normalised points, ``G x P`` weights -> ``G x 3 x 3`` rank-2 F.
+    ``init``: optional ``G x 3 x 3`` starting model (inverse iteration instead of ``eigh``)."""
     if weights is None:
         weights = torch.ones(x0.shape[:2], dtype=x0.dtype, device=x0.device)
-    f = weighted_nullvector(epipolar_rows(x0, x1), weights).reshape(-1, 3, 3)
+    h0 = None if init is None else init.reshape(-1, 9).expand(x0.shape[0], 9)
+    f = weighted_nullvector(epipolar_rows(x0, x1), weights, h0).reshape(-1, 3, 3)
     F = _rank2(f.double())
     return (F / F.flatten(1).norm(dim=1).clamp_min(1e-300)[:, None, None]).to(x0.dtype)
 
 
-def essential_fit(x0: torch.Tensor, x1: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Weighted 8-point on calibrated points, projected to singular values (1, 1, 0): ``G x 3 x 3``."""
+def essential_fit(x0: torch.Tensor, x1: torch.Tensor, weights: Optional[torch.Tensor] = None,
+                  init: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Weighted 8-point on calibrated points, projected to singular values (1, 1, 0): ``G x 3 x 3``.
+    ``init``: optional ``G x 3 x 3`` starting model (inverse iteration instead of ``eigh``)."""
     if weights is None:
         weights = torch.ones(x0.shape[:2], dtype=x0.dtype, device=x0.device)
-    e = weighted_nullvector(epipolar_rows(x0, x1), weights).reshape(-1, 3, 3).double()
+    h0 = None if init is None else init.reshape(-1, 9).expand(x0.shape[0], 9)
+    e = weighted_nullvector(epipolar_rows(x0, x1), weights, h0).reshape(-1, 3, 3).double()
     U, _, Vh = torch.linalg.svd(e)
     S = torch.tensor([1.0, 1.0, 0.0], dtype=e.dtype, device=e.device)
     E = U @ torch.diag_embed(S.expand(e.shape[0], 3)) @ Vh

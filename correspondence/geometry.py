@@ -109,20 +109,46 @@ def apply_similarity(T: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return x @ T[:, :2, :2].transpose(1, 2) + T[:, None, :2, 2]
 
 
-def weighted_nullvector(A: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def smallest_eigenvector(M: torch.Tensor, init: Optional[torch.Tensor] = None, steps: int = 3) -> torch.Tensor:
+    """Unit eigenvector of the smallest eigenvalue of symmetric PSD ``G x D x D`` matrices.
+
+    Without ``init``: ``torch.linalg.eigh``. With ``init`` (``G x D``, e.g. the model being
+    refined), ``steps`` inverse iterations ``v <- (M + eps I)^-1 v`` instead: one batched
+    ``D x D`` LU solve each, some 20x cheaper than the eigen-decomposition on CPU, and exact to
+    ``(lambda_1 / lambda_2)^steps`` (tiny for a well-posed fit). Rows whose iteration breaks
+    down (non-finite) fall back to ``eigh``. Computed in float64; returns ``M``'s dtype.
+    """
+    M64 = M.double()
+    M64 = M64 / M64.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-300)[:, None, None]
+    if init is None:
+        return torch.linalg.eigh(M64)[1][..., 0].to(M.dtype)
+    D = M64.shape[-1]
+    A = M64 + 1e-13 * torch.eye(D, dtype=M64.dtype, device=M64.device)
+    LU, piv, _ = torch.linalg.lu_factor_ex(A)
+    v = init.double().reshape(-1, D, 1)
+    for _ in range(steps):
+        v = torch.linalg.lu_solve(LU, piv, v)
+        v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    v = v[..., 0]
+    bad = ~torch.isfinite(v).all(1) | (v.norm(dim=1) < 0.5)
+    if bool(bad.any()):
+        v[bad] = torch.linalg.eigh(M64[bad])[1][..., 0]
+    return v.to(M.dtype)
+
+
+def weighted_nullvector(A: torch.Tensor, w: torch.Tensor, init: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Unit vector minimising ``sum_i w_i (a_i . h)^2`` (weighted total least squares).
 
     Args:
         A: ``G x R x D`` design rows. w: ``G x R`` non-negative weights.
+        init: optional ``G x D`` starting guess (see :func:`smallest_eigenvector`).
 
     Returns:
         ``G x D`` eigenvector of the smallest eigenvalue of ``A^T W A``, computed in float64.
     """
     A64 = A.double()
     M = (A64 * w.double()[..., None]).transpose(1, 2) @ A64
-    M = M / M.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-300)[:, None, None]
-    _, vecs = torch.linalg.eigh(M)
-    return vecs[..., 0].to(A.dtype)
+    return smallest_eigenvector(M, init).to(A.dtype)
 
 
 def epipolar_rows(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:

@@ -16,21 +16,34 @@ from typing import Optional, Tuple
 
 import torch
 
+from .geometry import smallest_eigenvector
 
-__all__ = ["homography_minimal", "homography_sample_degenerate", "homography_dlt", "transfer_error",
+__all__ = ["homography_minimal", "homography_minimal_soa", "homography_sample_degenerate",
+           "homography_degenerate_soa", "homography_dlt", "transfer_error",
            "transfer_design", "transfer_residual"]
 
 
-def _triangle_dets(x: torch.Tensor) -> torch.Tensor:
-    """``M x 4 x 2`` samples -> ``4 x M`` determinants ``[lam_1, lam_2, lam_3, det[p1 p2 p3]]``
-    of the homogeneous points, where ``lam_i`` is ``det[p1 p2 p3]`` with ``p4`` replacing ``p_i``
-    (twice the signed triangle areas)."""
-    px, py = x.permute(2, 1, 0).contiguous().unbind(0)  # 4 x M each
+def _triangle_dets(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
+    """``4 x M`` sample coordinates (point-major rows) -> ``4 x M`` determinants
+    ``[lam_1, lam_2, lam_3, det[p1 p2 p3]]`` of the homogeneous points, where ``lam_i`` is
+    ``det[p1 p2 p3]`` with ``p4`` replacing ``p_i`` (twice the signed triangle areas)."""
+    dx = px - px[0]  # every point relative to p1: the dets with p1 share these differences
+    dy = py - py[0]
+    lam1 = (px[1] - px[3]) * (py[2] - py[3]) - (py[1] - py[3]) * (px[2] - px[3])
+    lam2 = dx[3] * dy[2] - dy[3] * dx[2]
+    lam3 = dx[1] * dy[3] - dy[1] * dx[3]
+    d123 = dx[1] * dy[2] - dy[1] * dx[2]
+    return torch.stack([lam1, lam2, lam3, d123])
 
-    def det(a, b, c):
-        return (px[b] - px[a]) * (py[c] - py[a]) - (py[b] - py[a]) * (px[c] - px[a])
 
-    return torch.stack([det(3, 1, 2), det(0, 3, 2), det(0, 1, 3), det(0, 1, 2)])
+def homography_degenerate_soa(soa: torch.Tensor, min_area: float = 1e-4) -> torch.Tensor:
+    """:func:`homography_sample_degenerate` on samples stored component-major: ``soa`` is
+    ``4 x 4 x M`` = (x0, y0, x1, y1) x point x sample (contiguous per-sample vectors, which is
+    what makes the test a handful of element-wise operations on ``M``-vectors). Returns ``M`` bool."""
+    d0 = _triangle_dets(soa[0], soa[1])
+    d1 = _triangle_dets(soa[2], soa[3])
+    bad = (d0 * d1 <= 0) | (d0.abs() < min_area) | (d1.abs() < min_area)
+    return bad.any(0)
 
 
 def homography_sample_degenerate(x0: torch.Tensor, x1: torch.Tensor, min_area: float = 1e-4) -> torch.Tensor:
@@ -45,11 +58,28 @@ def homography_sample_degenerate(x0: torch.Tensor, x1: torch.Tensor, min_area: f
         ``M`` bool: True where a triple is (nearly) collinear in either view or the orientations
         of the 4 triangles differ between the views (no orientation-preserving homography).
     """
-    d0 = _triangle_dets(x0)
-    d1 = _triangle_dets(x1)
-    collinear = (torch.minimum(d0.abs(), d1.abs()) < min_area).any(0)
-    flipped = ((d0 > 0) != (d1 > 0)).any(0)
-    return collinear | flipped
+    return homography_degenerate_soa(torch.cat([x0, x1], 2).permute(2, 1, 0), min_area)
+
+
+def homography_minimal_soa(soa: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`homography_minimal` on component-major samples ``4 x 4 x M`` (x0, y0, x1, y1) x
+    point x sample. Returns ``(H M x 1 x 3 x 3, ok M x 1)``."""
+    x0, y0, x1, y1 = soa.unbind(0)  # 4 x M each
+    lam = _triangle_dets(x0, y0)
+    mu = _triangle_dets(x1, y1)
+    # c_i = p_j x p_k for homogeneous p = (x, y, 1); q_i = coef_i (u_i, v_i, 1), coef_i = mu_i lam_j lam_k
+    cyc = ((0, 1, 2), (1, 2, 0), (2, 0, 1))
+    c, q = [], []
+    for i, j, k in cyc:
+        c.append((y0[j] - y0[k], x0[k] - x0[j], x0[j] * y0[k] - y0[j] * x0[k]))
+        coef = mu[i] * lam[j] * lam[k]
+        q.append((x1[i] * coef, y1[i] * coef, coef))
+    H = torch.stack([q[0][r] * c[0][col] + q[1][r] * c[1][col] + q[2][r] * c[2][col]
+                     for r in range(3) for col in range(3)])  # 9 x M
+    n = H.square().sum(0).sqrt()
+    ok = torch.isfinite(n) & (n > 0)
+    H = (H / torch.where(ok, n, torch.ones_like(n))).T
+    return H.reshape(-1, 1, 3, 3), ok[:, None]
 
 
 def homography_minimal(x0: torch.Tensor, x1: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -66,49 +96,40 @@ def homography_minimal(x0: torch.Tensor, x1: torch.Tensor) -> Tuple[torch.Tensor
         ``(H M x 1 x 3 x 3, ok M x 1)``; H normalised to unit Frobenius norm, ok False for
         non-finite or zero results (collinear samples).
     """
-    lam = _triangle_dets(x0)[:3].T  # M x 3
-    mu = _triangle_dets(x1)[:3].T
-    p = x0[:, :3]
-    pj, pk = p[:, [1, 2, 0]], p[:, [2, 0, 1]]
-    # c_i = p_j x p_k for homogeneous (x, y, 1)
-    c = torch.stack([pj[..., 1] - pk[..., 1], pk[..., 0] - pj[..., 0],
-                     pj[..., 0] * pk[..., 1] - pj[..., 1] * pk[..., 0]], -1)
-    q = torch.cat([x1[:, :3], torch.ones_like(x1[:, :3, :1])], -1)
-    coef = mu * lam[:, [1, 2, 0]] * lam[:, [2, 0, 1]]
-    H = torch.einsum("mi,mia,mib->mab", coef, q, c)
-    n = H.flatten(1).norm(dim=1)
-    ok = torch.isfinite(n) & (n > 0)
-    H = H / torch.where(ok, n, torch.ones_like(n))[:, None, None]
-    return H[:, None], ok[:, None]
+    return homography_minimal_soa(torch.cat([x0, x1], 2).permute(2, 1, 0))
 
 
-def homography_dlt(x0: torch.Tensor, x1: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+def homography_dlt(x0: torch.Tensor, x1: torch.Tensor, weights: Optional[torch.Tensor] = None,
+                   init: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Weighted DLT: ``G x 3 x 3`` homographies minimising the weighted algebraic error
     ``sum_i w_i |x1_i x (H x0_i)|^2`` (first two rows), i.e. the smallest eigenvector of ``A^T W A``.
 
     ``A^T W A`` is assembled from four weighted moment matrices of ``p p^T`` (``p = (x, y, 1)``)
-    with weights ``w``, ``w u``, ``w v``, ``w (u^2 + v^2)``: one small batched product instead of
-    materialising the ``2P x 9`` design.
+    with weights ``w``, ``w u``, ``w v``, ``w (u^2 + v^2)``: one small batched product of the
+    6 distinct entries of ``p p^T`` instead of materialising the ``2P x 9`` design.
 
     Args:
         x0, x1: ``G x P x 2`` correspondences, ideally Hartley-normalised (the estimator passes
             normalised points). weights: ``G x P`` non-negative (default 1).
+        init: optional ``G x 3 x 3`` (or broadcastable ``G x 9``) starting model: the
+            eigenvector is then found by inverse iteration (see
+            :func:`correspondence.geometry.smallest_eigenvector`).
     """
     G, P = x0.shape[:2]
     dt = torch.float64
-    if weights is None:
-        weights = torch.ones(G, P, dtype=dt, device=x0.device)
-    w = weights.to(dt)
-    p = torch.cat([x0.to(dt), torch.ones(G, P, 1, dtype=dt, device=x0.device)], -1)
+    x, y = x0[..., 0].to(dt), x0[..., 1].to(dt)
     u, v = x1[..., 0].to(dt), x1[..., 1].to(dt)
-    coef = torch.stack([w, w * u, w * v, w * (u * u + v * v)], 1)  # G x 4 x P
-    mom = (coef @ (p[..., :, None] * p[..., None, :]).flatten(2)).reshape(G, 4, 3, 3)
-    S, Su, Sv, Suv = mom.unbind(1)
+    w = torch.ones(G, P, dtype=dt, device=x0.device) if weights is None else weights.to(dt)
+    feats = torch.stack([x * x, x * y, x, y * y, y, torch.ones_like(x)], 1)  # G x 6 x P
+    wu, wv = w * u, w * v
+    coef = torch.stack([w, wu, wv, wu * u + wv * v], 1)  # G x 4 x P
+    mom = coef @ feats.transpose(1, 2)  # G x 4 x 6: entries (xx, xy, x, yy, y, 1) of sum c p p^T
+    sym = mom[..., [0, 1, 2, 1, 3, 4, 2, 4, 5]].reshape(G, 4, 3, 3)
+    S, Su, Sv, Suv = sym.unbind(1)
     Z = torch.zeros_like(S)
     M = torch.cat([torch.cat([S, Z, -Su], 2), torch.cat([Z, S, -Sv], 2), torch.cat([-Su, -Sv, Suv], 2)], 1)
-    M = M / M.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-300)[:, None, None]
-    _, vecs = torch.linalg.eigh(M)
-    return vecs[..., 0].reshape(G, 3, 3).to(x0.dtype)
+    h0 = None if init is None else init.reshape(-1, 9).expand(G, 9)
+    return smallest_eigenvector(M, h0).reshape(G, 3, 3).to(x0.dtype)
 
 
 def transfer_design(x0: torch.Tensor, x1: torch.Tensor, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
@@ -121,12 +142,20 @@ def transfer_design(x0: torch.Tensor, x1: torch.Tensor, s0: torch.Tensor, s1: to
     """
     x, y = x0[..., 0], x0[..., 1]
     u, v = x1[..., 0], x1[..., 1]
-    one, zero = torch.ones_like(x), torch.zeros_like(x)
     k = (1 / s1)[:, None]
-    ru = torch.stack([-x * k, -y * k, -k.expand_as(x), zero, zero, zero, u * x * k, u * y * k, u * k], 1)
-    rv = torch.stack([zero, zero, zero, -x * k, -y * k, -k.expand_as(x), v * x * k, v * y * k, v * k], 1)
-    w = torch.stack([zero, zero, zero, zero, zero, zero, x, y, one], 1)
-    return torch.stack([ru, rv, w], 2)
+    kx, ky = x * k, y * k
+    D = x0.new_zeros(x0.shape[0], 9, 3, x0.shape[1])
+    for r, (a, b) in enumerate(((u, 0), (v, 3))):  # rows r_u (h_1, h_3) and r_v (h_2, h_3)
+        D[:, b, r] = -kx
+        D[:, b + 1, r] = -ky
+        D[:, b + 2, r] = -k
+        D[:, 6, r] = a * kx
+        D[:, 7, r] = a * ky
+        D[:, 8, r] = a * k
+    D[:, 6, 2] = x
+    D[:, 7, 2] = y
+    D[:, 8, 2] = 1
+    return D
 
 
 def transfer_residual(lin: torch.Tensor) -> torch.Tensor:
@@ -134,8 +163,8 @@ def transfer_residual(lin: torch.Tensor) -> torch.Tensor:
     errors (``inf`` for points mapped to infinity)."""
     ru, rv, w = lin.unbind(2)
     w2 = w * w
-    e = (ru * ru + rv * rv) / w2
-    return torch.where(w2 > 1e-20, e, torch.full_like(e, float("inf")))
+    e = torch.addcmul(ru * ru, rv, rv) / w2
+    return e.masked_fill_(w2 <= 1e-20, float("inf"))
 
 
 def transfer_error(H: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor,

@@ -49,7 +49,7 @@ from .geometry import (ArrayLike, apply_similarity, as_points, batch_corresponde
                        normalizing_transform)
 from .epipolar import (essential_5pt, essential_fit, fundamental_7pt, fundamental_fit, recover_pose,
                        sampson_design, sampson_residual)
-from .homography import (homography_dlt, homography_minimal, homography_sample_degenerate, transfer_design,
+from .homography import (homography_degenerate_soa, homography_dlt, homography_minimal_soa, transfer_design,
                          transfer_residual)
 
 __all__ = ["RobustEstimator", "ModelSpec", "HOMOGRAPHY", "FUNDAMENTAL", "ESSENTIAL", "find_homography",
@@ -64,15 +64,20 @@ class ModelSpec:
     ``C`` linear maps of the flattened (row-major) 3 x 3 model per point, so that scoring many
     hypotheses against many points is one batched matrix product.
 
+    Samples are passed to ``degenerate`` and ``minimal`` component-major: ``soa`` is
+    ``4 x s x M`` = (x0, y0, x1, y1) x sample point x sample, so that per-sample arithmetic runs
+    on contiguous ``M``-vectors.
+
     Attributes:
         name: label used in messages.
         sample_size: points per minimal sample ``s``.
         min_fit: fewest points the non-minimal ``fit`` accepts.
-        minimal: ``(x0 M x s x 2, x1) -> (models M x S x 3 x 3, ok M x S)``.
-        fit: ``(x0 G x P x 2, x1, weights G x P) -> G x 3 x 3`` weighted least squares.
+        minimal: ``soa -> (models M x S x 3 x 3, ok M x S)``.
+        fit: ``(x0 G x P x 2, x1, weights G x P or None, init G x 3 x 3 or None) -> G x 3 x 3``
+            weighted least squares (``init``: the model being refined, a warm start).
         design: ``(x0 G x P x 2, x1, s0 G, s1 G) -> G x 9 x C x P``.
         residual: ``G x K x C x P -> G x K x P`` squared errors in threshold units.
-        degenerate: optional ``(x0 M x s x 2, x1) -> M`` bool sample filter.
+        degenerate: optional ``soa -> M`` bool sample filter.
     """
 
     name: str
@@ -85,8 +90,15 @@ class ModelSpec:
     degenerate: Optional[Callable] = None
 
 
-HOMOGRAPHY = ModelSpec("homography", 4, 4, homography_minimal, homography_dlt, transfer_design,
-                       transfer_residual, homography_sample_degenerate)
+def _on_views(solver: Callable) -> Callable:
+    """Adapt a solver of ``(x0 M x s x 2, x1)`` samples to component-major ``4 x s x M`` input."""
+    def run(soa: torch.Tensor):
+        return solver(soa[:2].permute(2, 1, 0), soa[2:].permute(2, 1, 0))
+    return run
+
+
+HOMOGRAPHY = ModelSpec("homography", 4, 4, homography_minimal_soa, homography_dlt, transfer_design,
+                       transfer_residual, homography_degenerate_soa)
 
 
 class RobustEstimator:
@@ -99,28 +111,32 @@ class RobustEstimator:
         max_iters: most minimal samples drawn per problem.
         min_iters: fewest minimal samples drawn per problem.
         seed: random seed (``None``: non-deterministic).
-        preverify_points: matches used to pre-score every hypothesis (inlier count).
+        preverify_points: matches in each random subset used to pre-score hypotheses (every
+            group of ``preverify_group`` hypotheses of a problem gets its own subset).
+        preverify_group: hypotheses sharing one pre-verification subset.
         verify_top: fewest hypotheses per problem and round scored on all matches (at least one
             per 512 samples drawn is).
         round_samples: total minimal samples drawn per round over the whole batch.
         first_round: samples per problem in the first round (later rounds grow x4).
         lo_samples, lo_sample_factor, lo_iters, lo_threshold_factor: local optimisation.
         final_iters: IRLS steps of the final refit.
-        max_elements: bound on the size of any hypotheses x points tensor.
+        max_elements: bound on the size of any hypotheses x points error tensor.
     """
 
     def __init__(self, model: ModelSpec, threshold: float, confidence: float = 0.999,
                  max_iters: int = 100_000, min_iters: int = 0, seed: Optional[int] = 0,
-                 preverify_points: int = 96, verify_top: int = 4, round_samples: int = 32768,
-                 first_round: int = 256, lo_samples: int = 8, lo_sample_factor: int = 4,
-                 lo_iters: int = 4, lo_threshold_factor: float = 1.5, final_iters: int = 3,
-                 max_elements: int = 1 << 23):
+                 preverify_points: int = 64, preverify_group: int = 64, verify_top: int = 4,
+                 round_samples: int = 32768, first_round: int = 256, lo_samples: int = 8,
+                 lo_sample_factor: int = 4, lo_iters: int = 4, lo_threshold_factor: float = 1.5,
+                 final_iters: int = 3, max_elements: int = 1 << 23):
         if not threshold > 0:
             raise ValueError(f"threshold must be > 0, got {threshold}")
         if not 0 < confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {confidence}")
         if max_iters < 1:
             raise ValueError(f"max_iters must be >= 1, got {max_iters}")
+        if preverify_points < 1 or preverify_group < 1:
+            raise ValueError("preverify_points and preverify_group must be >= 1")
         self.model = model
         self.threshold = float(threshold)
         self.confidence = float(confidence)
@@ -128,6 +144,7 @@ class RobustEstimator:
         self.min_iters = int(min_iters)
         self.seed = seed
         self.preverify_points = int(preverify_points)
+        self.preverify_group = int(preverify_group)
         self.verify_top = int(verify_top)
         self.round_samples = int(round_samples)
         self.first_round = int(first_round)
@@ -139,66 +156,131 @@ class RobustEstimator:
         self.max_elements = int(max_elements)
 
     # ------------------------------------------------------------------ scoring helpers
-    def _errors(self, models: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
-        """``G x K x 3 x 3`` models, ``G x 9 x C x P`` design -> ``G x K x P`` squared errors,
-        in chunks of hypotheses bounded by ``max_elements``."""
+    def _errors(self, models: torch.Tensor, D: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+        """``G x K x 9`` models, ``G x 9 x C x P`` design -> ``G x K x P`` squared errors
+        (``inf`` where ``valid`` is False), in chunks of hypotheses bounded by ``max_elements``."""
         G, K = models.shape[:2]
         C, P = D.shape[2:]
         h = models.reshape(G, K, 9)
         Df = D.flatten(2)
         step = max(1, self.max_elements // max(1, G * C * P))
         out = [self.model.residual((h[:, i:i + step] @ Df).unflatten(2, (C, P))) for i in range(0, K, step)]
-        return out[0] if len(out) == 1 else torch.cat(out, 1)
+        e = out[0] if len(out) == 1 else torch.cat(out, 1)
+        if valid is not None:
+            e = e.masked_fill_(~valid[:, None], float("inf"))
+        return e
 
-    def _score(self, err, valid):
-        """MSAC gains ``G x K`` and inlier masks ``G x K x P`` from squared errors."""
+    def _gain(self, err: torch.Tensor) -> torch.Tensor:
+        """MSAC score ``sum_i max(0, 1 - e_i / t^2)`` over the last dimension (larger is better)."""
         t2 = self.threshold ** 2
-        inl = (err < t2) & valid[:, None]  # NaN compares False
-        gain = torch.where(inl, 1 - err / t2, torch.zeros_like(err))
-        return gain.sum(-1), inl
+        return (t2 - err).clamp_min_(0).sum(-1) / t2
 
-    def _irls_weights(self, err, valid):
+    def _irls_weights(self, err: torch.Tensor) -> torch.Tensor:
         c2 = (self.threshold * self.lo_threshold_factor) ** 2
-        e = torch.nan_to_num(err, nan=float("inf"))
-        w = (1 - e / c2).clamp_min(0) ** 2
-        return w * valid.to(w.dtype)
+        return (1 - torch.nan_to_num(err, nan=float("inf")) / c2).clamp_min(0) ** 2
+
+    # ------------------------------------------------------------------ one round of sampling
+    def _hypotheses(self, soa: torch.Tensor, idx: torch.Tensor, a: int, per: int):
+        """Degeneracy filter and minimal solve of ``a x per`` samples.
+
+        Args:
+            soa: ``4 x s x (a per)`` sample coordinates. idx: ``s x (a per)`` match indices.
+
+        Returns:
+            ``(table a x K x 9, ok a x K)``: the models of each problem's samples, padded to a
+            multiple of ``preverify_group`` (``ok`` False for padding and failed solves).
+        """
+        m, s = self.model, self.model.sample_size
+        bad = torch.zeros(a * per, dtype=torch.bool, device=soa.device)
+        for j in range(s):
+            for k in range(j + 1, s):
+                bad |= idx[j] == idx[k]
+        if m.degenerate is not None:
+            bad |= m.degenerate(soa)
+        keep = ~bad
+        kidx = keep.nonzero().flatten()
+        gsz = self.preverify_group
+        if kidx.numel() == 0:
+            return soa.new_zeros(a, gsz, 9), torch.zeros(a, gsz, dtype=torch.bool, device=soa.device)
+        hyp, ok = m.minimal(soa[:, :, kidx])  # K' x S x 3 x 3
+        S = hyp.shape[1]
+        keep2 = keep.reshape(a, per)
+        counts = keep2.sum(1)
+        kmax = int(counts.max())
+        K = -(-kmax * S // gsz) * gsz
+        pid = kidx // per
+        slot = (torch.cumsum(keep2, 1).reshape(-1)[kidx] - 1)
+        table = soa.new_zeros(a, K, 9)
+        okt = torch.zeros(a, K, dtype=torch.bool, device=soa.device)
+        table[:, :kmax * S].view(a, kmax, S, 9)[pid, slot] = hyp.reshape(-1, S, 9).to(table.dtype)
+        okt[:, :kmax * S].view(a, kmax, S)[pid, slot] = ok
+        table = torch.where(okt[..., None], table, torch.zeros_like(table))
+        return table, okt
+
+    def _preverify(self, table, okt, pts, ids, nv, N, s0, s1, gen):
+        """Truncated score of every hypothesis on a random subset of its problem's matches, one
+        subset per group of ``preverify_group`` hypotheses: ``a x K`` (``-1`` for invalid)."""
+        a, K = okt.shape
+        gsz, P = self.preverify_group, self.preverify_points
+        ng = K // gsz
+        dt = table.dtype
+        sub = (torch.rand(a, ng, P, generator=gen, device=table.device, dtype=dt) * nv[:, None, None].to(dt)).long()
+        sub = torch.minimum(sub, (nv - 1)[:, None, None]) + (ids * N)[:, None, None]
+        g = pts[:, sub.flatten()].view(2, 2, a * ng, P).permute(0, 2, 3, 1)  # view x (a ng) x P x 2
+        Dsub = self.model.design(g[0], g[1], s0[ids].repeat_interleave(ng), s1[ids].repeat_interleave(ng))
+        err = self._errors(table.view(a * ng, gsz, 9), Dsub, None)
+        pre = self._gain(err).view(a, K)
+        return torch.where(okt, pre, torch.full_like(pre, -1.0))
 
     # ------------------------------------------------------------------ local optimisation
-    def _refine(self, models, scores, x0, x1, D, valid, gen, inner: bool, iters: int):
-        """Inner RANSAC (optional) + IRLS for ``G`` problems; returns improved (models, scores)."""
-        G, N = valid.shape
+    def _refine(self, models, scores, err, x0, x1, D, valid, gen, inner: bool, iters: int):
+        """Inner RANSAC (optional) + IRLS for ``G`` problems.
+
+        Args:
+            models ``G x 3 x 3``, scores ``G``, err ``G x N`` (their squared errors), the
+            problems' points ``G x N x 2``, design ``G x 9 x C x N`` and ``valid`` (or None).
+
+        Returns:
+            improved ``(models, scores, err)``.
+        """
+        G, N = err.shape
         m = self.model
+        t2 = self.threshold ** 2
+        dev, dt = x0.device, x0.dtype
         if inner and self.lo_samples > 0:
-            _, inl = self._score(self._errors(models[:, None], D), valid)
-            inl = inl[:, 0]
+            inl = err < t2
             n_inl = inl.sum(1)
-            q = min(N, self.lo_sample_factor * m.sample_size)
-            L = self.lo_samples
-            r = torch.rand(G, L, N, generator=gen, device=x0.device, dtype=x0.dtype)
-            r = torch.where(inl[:, None], r, torch.full_like(r, -1.0))
-            sel = r.topk(q, dim=-1).indices  # G x L x q, inliers first
-            take = (torch.arange(q, device=x0.device)[None, None] < n_inl[:, None, None]).to(x0.dtype)
-            g0 = torch.gather(x0[:, None].expand(G, L, N, 2), 2, sel[..., None].expand(G, L, q, 2))
-            g1 = torch.gather(x1[:, None].expand(G, L, N, 2), 2, sel[..., None].expand(G, L, q, 2))
-            cand = m.fit(g0.flatten(0, 1), g1.flatten(0, 1), take.expand(G, L, q).flatten(0, 1)).reshape(G, L, 3, 3)
-            cs, _ = self._score(self._errors(cand, D), valid)
+            q, L = self.lo_sample_factor * m.sample_size, self.lo_samples
+            # q random inliers per inner sample: the k-th inlier is where cumsum(inl) reaches k
+            k = (torch.rand(G, L * q, generator=gen, device=dev, dtype=dt) * n_inl[:, None].to(dt)).long()
+            k = torch.minimum(k, (n_inl - 1).clamp_min(0)[:, None]) + 1
+            sel = torch.searchsorted(inl.cumsum(1), k).clamp_max(N - 1)
+            g0 = torch.gather(x0, 1, sel[..., None].expand(G, L * q, 2)).view(G * L, q, 2)
+            g1 = torch.gather(x1, 1, sel[..., None].expand(G, L * q, 2)).view(G * L, q, 2)
+            cand = m.fit(g0, g1, None, models[:, None].expand(G, L, 3, 3).reshape(G * L, 3, 3)).reshape(G, L, 9)
+            ce = self._errors(cand, D, valid)
+            cs = self._gain(ce)
             usable = torch.isfinite(cs) & (n_inl >= max(m.min_fit, m.sample_size + 1))[:, None]
             cs = torch.where(usable, cs, torch.full_like(cs, -1.0))
             bs, bi = cs.max(1)
             better = bs > scores
-            models = torch.where(better[:, None, None], cand[torch.arange(G), bi], models)
+            ar = torch.arange(G, device=dev)
+            models = torch.where(better[:, None, None], cand[ar, bi].view(G, 3, 3), models)
             scores = torch.where(better, bs, scores)
+            err = torch.where(better[:, None], ce[ar, bi], err)
         for _ in range(iters):
-            w = self._irls_weights(self._errors(models[:, None], D)[:, 0], valid)
+            w = self._irls_weights(err)
             enough = (w > 0).sum(1) >= m.min_fit
-            cand = m.fit(x0, x1, w)
-            cs = self._score(self._errors(cand[:, None], D), valid)[0][:, 0]
+            cand = m.fit(x0, x1, w, models)
+            ce = self._errors(cand[:, None], D, valid)[:, 0]
+            cs = self._gain(ce)
             better = enough & torch.isfinite(cs) & (cs > scores)
             if not bool(better.any()):
                 break
             models = torch.where(better[:, None, None], cand, models)
             scores = torch.where(better, cs, scores)
-        return models, scores
+            err = torch.where(better[:, None], ce, err)
+        return models, scores, err
 
     # ------------------------------------------------------------------ main loop
     def __call__(self, x0: torch.Tensor, x1: torch.Tensor, valid: torch.Tensor,
@@ -235,8 +317,9 @@ class RobustEstimator:
         x1 = torch.gather(x1, 1, order[..., None].expand(B, N, 2))
         valid_o = torch.gather(valid, 1, order)
         n_valid = valid_o.sum(1)
-        D = m.design(x0, x1, s0, s1)  # B x 9 x C x N
-        C = D.shape[2]
+        vmask = None if bool(valid_o.all()) else valid_o
+        D = m.design(x0, x1, s0, s1)  # B x 9 x C x N: scoring against all matches
+        pts = torch.cat([x0, x1], 2).permute(2, 0, 1).reshape(4, B * N)
         cdf = None
         if weights is not None:
             w = torch.gather(weights, 1, order) * valid_o
@@ -247,70 +330,46 @@ class RobustEstimator:
 
         best = torch.full((B, 3, 3), float("nan"), dtype=dt, device=dev)
         best_score = torch.full((B,), -1.0, dtype=dt, device=dev)
+        best_err = torch.full((B, N), float("inf"), dtype=dt, device=dev)
         iters = torch.zeros(B, dtype=torch.long, device=dev)
         needed = torch.full((B,), max(self.max_iters, 1), dtype=torch.long, device=dev)
         active = n_valid >= s
         log_fail = math.log(1 - self.confidence)
         t2 = self.threshold ** 2
-        P = self.preverify_points
         rnd = 0
         while True:
             ids = active.nonzero().flatten()
             a = ids.numel()
             if a == 0:
                 break
+            everyone = a == B
             remaining = int((needed[ids].clamp_min(self.min_iters) - iters[ids]).max())
             per = min(self.first_round * 4 ** rnd, max(16, self.round_samples // a), max(1, remaining))
             rnd += 1
             nv = n_valid[ids]
-            xa0, xa1, Da = x0[ids], x1[ids], D[ids]
-            # 1. sampling: s x a x per indices below n_valid (component-major layout, so that the
-            #    per-sample arithmetic of the filters and solvers runs on contiguous vectors)
+            # 1. sampling: s x a x per indices below n_valid (component-major layout)
             u = torch.rand(s, a, per, generator=gen, device=dev, dtype=dt)
             if cdf is None:
-                idx = (u * nv[:, None].to(dt)).long().clamp_max((nv - 1)[:, None])
+                idx = torch.minimum((u * nv[:, None].to(dt)).long(), (nv - 1)[:, None])
             else:
                 idx = torch.searchsorted(cdf[ids].contiguous(), u.permute(1, 0, 2).reshape(a, s * per))
                 idx = idx.clamp_max(N - 1).reshape(a, s, per).permute(1, 0, 2)
-            pts = torch.cat([xa0, xa1], 2).permute(2, 0, 1).reshape(4, a * N)
-            fidx = (idx + (torch.arange(a, device=dev) * N)[:, None]).reshape(-1)
-            soa = pts[:, fidx].reshape(4, s, a * per)  # (x0, y0, x1, y1) x s x M
-            g0, g1 = soa[:2].permute(2, 1, 0), soa[2:].permute(2, 1, 0)  # M x s x 2 views
-            # 2. degeneracy filter: repeated indices, model-specific test
-            ii = idx.reshape(s, a * per)
-            bad = torch.zeros(a * per, dtype=torch.bool, device=dev)
-            for j in range(s):
-                for k in range(j + 1, s):
-                    bad |= ii[j] == ii[k]
-            if m.degenerate is not None:
-                bad |= m.degenerate(g0, g1)
-            keep = ~bad
+            idx = idx.reshape(s, a * per)
+            fidx = (idx.view(s, a, per) + (ids * N)[:, None]).reshape(-1)
+            soa = pts[:, fidx].reshape(4, s, a * per)  # (x0, y0, x1, y1) x s x samples
             iters[ids] += per
-            kidx = keep.nonzero().flatten()
-            if kidx.numel() > 0:
-                # 3. minimal solve of all surviving samples at once
-                ks = soa[:, :, kidx]
-                hyp, ok = m.minimal(ks[:2].permute(2, 1, 0), ks[2:].permute(2, 1, 0))  # K x S x 3 x 3
-                S = hyp.shape[1]
-                pid = kidx // per
-                keep2 = keep.reshape(a, per)
-                slot = torch.cumsum(keep2, 1).reshape(-1)[kidx] - 1  # rank within its problem
-                kmax = int(keep2.sum(1).max())
-                table = torch.zeros(a, kmax, S, 3, 3, dtype=dt, device=dev)
-                table[pid, slot] = torch.where(ok[..., None, None], hyp, torch.zeros_like(hyp))
-                okt = torch.zeros(a, kmax, S, dtype=torch.bool, device=dev)
-                okt[pid, slot] = ok
-                table, okt = table.reshape(a, kmax * S, 3, 3), okt.reshape(a, kmax * S)
-                # 4. pre-verification: inlier counts on a random subset of each problem
-                sub = (torch.rand(a, P, generator=gen, device=dev, dtype=dt) * nv[:, None].to(dt)).long()
-                sub = sub.clamp_max((nv - 1)[:, None])
-                Dsub = torch.gather(Da, 3, sub[:, None, None].expand(a, 9, C, P))
-                pre = (self._errors(table, Dsub) < t2).sum(-1).to(dt)
-                pre = torch.where(okt, pre, torch.full_like(pre, -1.0))
-                kv = min(max(self.verify_top, per // 512), kmax * S)  # ~1 full check per 512 samples
+            # 2.-3. degeneracy filter and minimal solve of the surviving samples
+            table, okt = self._hypotheses(soa, idx, a, per)
+            if bool(okt.any()):
+                # 4. pre-verification on random subsets, full scoring of the best per problem
+                pre = self._preverify(table, okt, pts, ids, nv, N, s0, s1, gen)
+                kv = min(max(self.verify_top, per // 512), pre.shape[1])
                 topv, topi = pre.topk(kv, dim=1)
-                cand = torch.gather(table, 1, topi[..., None, None].expand(a, kv, 3, 3))
-                sc, _ = self._score(self._errors(cand, Da), valid_o[ids])
+                cand = torch.gather(table, 1, topi[..., None].expand(a, kv, 9))
+                Da = D if everyone else D[ids]
+                va = vmask if (vmask is None or everyone) else vmask[ids]
+                err = self._errors(cand, Da, va)
+                sc = self._gain(err)
                 sc = torch.where((topv >= 0) & torch.isfinite(sc), sc, torch.full_like(sc, -1.0))
                 rbest, rarg = sc.max(1)
                 improved = rbest > best_score[ids]
@@ -318,13 +377,16 @@ class RobustEstimator:
                     # 5. local optimisation of the new best models
                     li = improved.nonzero().flatten()
                     gi = ids[li]
-                    mods, scs = self._refine(cand[li, rarg[li]], rbest[li], x0[gi], x1[gi], D[gi],
-                                             valid_o[gi], gen, inner=True, iters=self.lo_iters)
+                    alli = li.numel() == a
+                    sel = (lambda t: t) if alli else (lambda t: t[li])
+                    mods, scs, errs = self._refine(
+                        cand[li, rarg[li]].view(-1, 3, 3), rbest[li], err[li, rarg[li]], x0[gi], x1[gi],
+                        sel(Da), None if va is None else sel(va), gen, inner=True, iters=self.lo_iters)
                     best[gi] = mods
                     best_score[gi] = scs
+                    best_err[gi] = errs
                     # 6. adaptive termination from the inlier ratio of the refined model
-                    _, inl = self._score(self._errors(mods[:, None], D[gi]), valid_o[gi])
-                    ratio = (inl[:, 0].sum(1).double() / nv[li].double()).clamp(0, 1)
+                    ratio = ((errs < t2).sum(1).double() / nv[li].double()).clamp(0, 1)
                     p_good = ratio ** s
                     k = log_fail / torch.log1p(-p_good.clamp(max=1 - 1e-15))
                     k = torch.where(p_good > 0, k, torch.full_like(k, float(self.max_iters)))
@@ -337,11 +399,12 @@ class RobustEstimator:
         mask_o = torch.zeros(B, N, dtype=torch.bool, device=dev)
         if bool(has.any()):
             gi = has.nonzero().flatten()
-            mods, _ = self._refine(best[gi], best_score[gi], x0[gi], x1[gi], D[gi], valid_o[gi], gen,
-                                   inner=False, iters=self.final_iters)
+            alli = gi.numel() == B
+            mods, _, errs = self._refine(best[gi], best_score[gi], best_err[gi], x0[gi], x1[gi],
+                                         D if alli else D[gi], vmask if (vmask is None or alli) else vmask[gi],
+                                         gen, inner=False, iters=self.final_iters)
             best[gi] = mods
-            _, inl = self._score(self._errors(mods[:, None], D[gi]), valid_o[gi])
-            mask_o[gi] = inl[:, 0]
+            mask_o[gi] = errs < t2
         enough = mask_o.sum(1) >= s
         best[~enough] = float("nan")
         mask_o[~enough] = False
@@ -405,9 +468,9 @@ def find_homography(src: ArrayLike, dst: ArrayLike, threshold: float = 3.0, conf
     return _output(H / scale, inl, batched, as_numpy)
 
 
-FUNDAMENTAL = ModelSpec("fundamental", 7, 8, fundamental_7pt, fundamental_fit, sampson_design,
+FUNDAMENTAL = ModelSpec("fundamental", 7, 8, _on_views(fundamental_7pt), fundamental_fit, sampson_design,
                         sampson_residual)
-ESSENTIAL = ModelSpec("essential", 5, 8, essential_5pt, essential_fit, sampson_design, sampson_residual)
+ESSENTIAL = ModelSpec("essential", 5, 8, _on_views(essential_5pt), essential_fit, sampson_design, sampson_residual)
 
 
 def find_fundamental(src: ArrayLike, dst: ArrayLike, threshold: float = 1.0, confidence: float = 0.999,
