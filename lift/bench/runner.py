@@ -62,8 +62,10 @@ class _FeatureCache:
         self.times: List[float] = []
         self.counts: Dict[str, int] = {}
 
-    def get(self, ref: ImageRef, image: np.ndarray) -> Features:
+    def get(self, ref: ImageRef) -> Features:
+        """Features of ``ref`` (the image is decoded only when they are not cached)."""
         if ref.key not in self.store:
+            image = ref.load()
             t0 = time.perf_counter()
             self.store[ref.key] = self.method.extract(image)
             self.times.append(time.perf_counter() - t0)
@@ -97,7 +99,7 @@ def _nanmean(values) -> float:
 def _evaluate_pairs(pairs, methods: Sequence[str], max_keypoints: int, device, quiet: bool,
                     log: Callable, score_pair: Callable, summarise: Callable) -> Dict[str, dict]:
     """The loop shared by the pair benchmarks: for each method, extract (cached), match (MNN),
-    ``score_pair(spec, pair, im0, im1, f0, f1, matches) -> record``, then
+    ``score_pair(spec, pair, f0, f1, matches) -> record``, then
     ``summarise(records) -> summary`` (extraction time and keypoint counts added)."""
     keys = [k for p in pairs for k in (p.image0.key, p.image1.key)]
     out = {}
@@ -108,11 +110,10 @@ def _evaluate_pairs(pairs, methods: Sequence[str], max_keypoints: int, device, q
         cache = _FeatureCache(method, keys)
         records = []
         for pair in _progress(pairs, spec, len(pairs), quiet):
-            im0, im1 = pair.image0.load(), pair.image1.load()
-            f0, f1 = cache.get(pair.image0, im0), cache.get(pair.image1, im1)
+            f0, f1 = cache.get(pair.image0), cache.get(pair.image1)
             record = {"pair": pair.name, "group": pair.group, "keypoints0": len(f0),
                       "keypoints1": len(f1)}
-            record.update(score_pair(spec, pair, im0, im1, f0, f1, match_features(f0, f1)))
+            record.update(score_pair(spec, pair, f0, f1, match_features(f0, f1)))
             records.append(record)
         summary = summarise(records)
         summary["matches_mean"] = float(np.mean([r["matches"] for r in records]))
@@ -145,13 +146,13 @@ def run_homography_benchmark(pairs: Sequence[HomographyPair], methods: Sequence[
         "eps": eps, "matcher": "mutual nearest neighbour (L2)", "n_pairs": len(pairs),
         "mma_thresholds": list(M.MMA_THRESHOLDS)}, "methods": {}}
 
-    def score_pair(spec, pair, im0, im1, f0, f1, matches):
+    def score_pair(spec, pair, f0, f1, matches):
         err = M.reprojection_errors(f0.keypoints, f1.keypoints, matches, pair.H)
         H_est, inl = estimate_homography(f0.keypoints[matches[:, 0]], f1.keypoints[matches[:, 1]],
                                          estimator, ransac_threshold)
         rep = M.repeatability(f0.keypoints, f1.keypoints, pair.H, f0.image_size, f1.image_size, eps)
         if figure_dir is not None and pair.name in figure_pairs:
-            _match_figure(figure_dir, spec, pair.name, im0, im1, f0, f1, matches, err <= eps,
+            _match_figure(figure_dir, spec, pair, f0, f1, matches, err <= eps,
                           f"correct at {eps:g} px")
         return {"sequence": pair.sequence, "matches": len(matches), "mma": M.match_accuracy(err).tolist(),
                 "corner_error": M.corner_error(H_est, pair.H, f0.image_size),
@@ -171,12 +172,12 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
-def _match_figure(figure_dir, spec, pair_name, im0, im1, f0, f1, matches, correct, what) -> Path:
+def _match_figure(figure_dir, spec, pair, f0, f1, matches, correct, what) -> Path:
     from .report import plot_matches
 
-    return plot_matches(im0, im1, f0.keypoints, f1.keypoints, matches, correct,
-                        Path(figure_dir) / f"matches_{_slug(spec)}_{_slug(pair_name)}.png",
-                        title=f"{spec} on {pair_name}: {int(correct.sum())}/{len(matches)} {what}")
+    return plot_matches(pair.image0.load(), pair.image1.load(), f0.keypoints, f1.keypoints, matches,
+                        correct, Path(figure_dir) / f"matches_{_slug(spec)}_{_slug(pair.name)}.png",
+                        title=f"{spec} on {pair.name}: {int(correct.sum())}/{len(matches)} {what}")
 
 
 def _target(record: dict) -> str:
@@ -215,14 +216,14 @@ def run_pose_benchmark(pairs: Sequence[PosePair], methods: Sequence[str], max_ke
         "epipolar_threshold": epipolar_threshold, "matcher": "mutual nearest neighbour (L2)",
         "n_pairs": len(pairs), "auc_thresholds": [5, 10, 20]}, "methods": {}}
 
-    def score_pair(spec, pair, im0, im1, f0, f1, matches):
+    def score_pair(spec, pair, f0, f1, matches):
         p0, p1 = f0.keypoints[matches[:, 0]], f1.keypoints[matches[:, 1]]
         R, t, inl = estimate_relative_pose(p0, p1, pair.K0, pair.K1, estimator, ransac_threshold)
         err, err_R, err_t = M.pose_error(R, t, pair.R, pair.t)
         F = M.fundamental_from_pose(pair.K0, pair.K1, pair.R, pair.t)
         correct = M.sampson_errors(F, p0, p1) <= epipolar_threshold
         if figure_dir is not None and pair.name in figure_pairs:
-            _match_figure(figure_dir, spec, pair.name, im0, im1, f0, f1, matches, correct,
+            _match_figure(figure_dir, spec, pair, f0, f1, matches, correct,
                           f"within {epipolar_threshold:g} px of the GT epipolar line")
         return {"matches": len(matches), "inliers": int(inl.sum()),
                 "epipolar_precision": float(correct.mean()) if len(correct) else 0.0,
