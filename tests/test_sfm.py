@@ -224,3 +224,19 @@ def test_batched_matching_equals_per_pair(tmp_path):
     k2, _ = match.read_matches(mpath, "a", "b")
     np.testing.assert_array_equal(k, k2[:, ::-1])
     assert torch.is_tensor(torch.as_tensor(k))
+
+
+def test_colmap_verifier_on_our_matches(reconstruction, tmp_path):
+    from lift.sfm import VerifyConf, verify
+
+    result, conf, _ = reconstruction
+    db = verify.main(result.features, result.pairs, result.matches, tmp_path / "database.db",
+                     conf.camera, VerifyConf("colmap", 4.0), progress=False)
+    ours = read_database(result.database).two_view
+    theirs = read_database(db).two_view
+    assert len(theirs) == 15
+    for key, (inl, config) in theirs.items():
+        assert config in ("CALIBRATED", "UNCALIBRATED", "PLANAR_OR_PANORAMIC", "PLANAR")
+        # both verifiers keep most of the same matches on this clean scene
+        a, b = set(map(tuple, inl)), set(map(tuple, ours[key][0]))
+        assert len(a & b) > 0.8 * min(len(a), len(b))
