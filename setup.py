@@ -36,7 +36,7 @@ setup(
             "nbformat>=5.7",
             "ipykernel>=6",
         ],
-        "sfm": ["pycolmap>=3.10"],
+        "sfm": ["pycolmap>=3.12"],
     },
     entry_points={
         "console_scripts": [
