@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["soft_argmax", "soft_max_score", "patch_affine", "extract_patches",
+__all__ = ["soft_argmax", "soft_max_score", "patch_affine", "patch_grid", "extract_patches",
            "extract_patches_pyramid", "build_pyramid", "blur_downsample"]
 
 
@@ -89,6 +89,17 @@ def patch_affine(keypoints: torch.Tensor, scales: torch.Tensor, oris: Optional[t
     return theta
 
 
+def patch_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (N, 1, size, size), align_corners=False)`` computed by
+    broadcasting (no N x S x S x 3 intermediate, ~3x faster on CPU). Returns N x S x S x 2."""
+    u = (2 * torch.arange(size, dtype=theta.dtype, device=theta.device) + 1) / size - 1
+    ux, uy = u.view(1, 1, size), u.view(1, size, 1)
+    t = theta[:, :, :, None, None]  # N x 2 x 3 x 1 x 1
+    gx = t[:, 0, 0] * ux + t[:, 0, 1] * uy + t[:, 0, 2]
+    gy = t[:, 1, 0] * ux + t[:, 1, 1] * uy + t[:, 1, 2]
+    return torch.stack([gx, gy], -1)
+
+
 def extract_patches(image: torch.Tensor, keypoints: torch.Tensor, scales: torch.Tensor,
                     oris: Optional[torch.Tensor] = None, patch_size: int = 32,
                     support: float = 6.0, padding_mode: str = "border",
@@ -116,7 +127,7 @@ def extract_patches(image: torch.Tensor, keypoints: torch.Tensor, scales: torch.
         batch_index = torch.zeros(n, dtype=torch.long, device=image.device)
     theta = patch_affine(keypoints.to(image.dtype), scales.to(image.dtype),
                          None if oris is None else oris.to(image.dtype), (w, h), support)
-    grid = F.affine_grid(theta, (n, 1, patch_size, patch_size), align_corners=False)
+    grid = patch_grid(theta, patch_size)
     # sample all patches of one image in a single grid_sample call: stack the grids along H
     out = image.new_empty((n, ch, patch_size, patch_size))
     for bi in torch.unique(batch_index).tolist():

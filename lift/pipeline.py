@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .features import DESCRIPTOR_SUPPORT, Features, keypoints_from_cv2
 from .glue import build_pyramid, extract_patches_pyramid
 from .image import ImageError, to_gray_tensor
+from .layers import max_filter
 from .model import LIFTModel
 from .nms import scale_space_nms
 
@@ -271,7 +272,7 @@ class LIFT(nn.Module):
                 batch, size=(lh, lw), mode="bilinear", align_corners=False, antialias=f < 1)
             s = self._score_level(img)[:, 0]
             r = conf.nms_radius
-            pooled = F.max_pool2d(s[:, None], 2 * r + 1, stride=1, padding=r)[:, 0] if r > 0 else s
+            pooled = max_filter(s, r)
             levels.append((sigma, lw / w, lh / h, s, pooled))
         empty = [(batch.new_zeros((0, 2)), batch.new_zeros(0), batch.new_zeros(0))] * bsz
         if not levels:

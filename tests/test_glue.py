@@ -102,3 +102,14 @@ def test_batched_extraction_with_batch_index_and_pyramid():
     direct = extract_patches(img, kp[:1], big, None, 32, 6.0)
     assert (pp - direct).abs().mean() < 0.05  # same content, less aliasing
     assert extract_patches_pyramid(pyr, kp[:0], big[:0]).shape == (0, 1, 32, 32)
+
+
+def test_patch_grid_equals_affine_grid():
+    import torch.nn.functional as F
+
+    from lift.glue import patch_grid
+
+    torch.manual_seed(0)
+    theta = torch.randn(7, 2, 3, dtype=torch.float64)
+    ref = F.affine_grid(theta, (7, 1, 9, 9), align_corners=False)
+    torch.testing.assert_close(patch_grid(theta, 9), ref)

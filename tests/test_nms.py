@@ -72,3 +72,22 @@ def test_refinement_recovers_subpixel_peak_and_edge_test():
     ridge = -((xx - 7.0) ** 2) - 0.001 * (yy - 5.0) ** 2
     rows = scale_space_nms(_levels([ridge[None] - 5, ridge[None], ridge[None] - 5], 2), conf)
     assert len(rows) == 0
+
+
+def test_max_filter_equals_max_pool():
+    from lift.layers import max_filter
+
+    torch.manual_seed(3)
+    x = torch.randn(2, 13, 17)
+    x[0, :3] = -float("inf")
+    for r in (0, 1, 2, 3):
+        ref = F.max_pool2d(x[:, None], 2 * r + 1, stride=1, padding=r)[:, 0] if r else x
+        assert torch.equal(max_filter(x, r), ref)
+
+
+def test_patch_normalisation_matches_mean_std():
+    from lift.layers import normalize_patches
+
+    p = torch.rand(5, 1, 8, 8) * torch.linspace(0.1, 3, 5)[:, None, None, None]
+    ref = (p - p.mean((-2, -1), keepdim=True)) / (p.std((-2, -1), keepdim=True) + 1e-6)
+    torch.testing.assert_close(normalize_patches(p), ref, atol=1e-5, rtol=1e-5)
