@@ -57,10 +57,10 @@ stage desc "$RUNS/desc_a" --data "$SYN" "$DATA/colmap_sacre_coeur.h5" --steps 25
   --stop-at 164 --val-every 200 "${COMMON[@]}"
 # 1b. descriptor on synthetic + sceaux_castle (sacre_coeur is left out from here on: its
 #     rotated copies are the orientation benchmark)
-stage desc "$RUNS/desc" --data "$SYN" "$CASTLE" --init "$RUNS/desc_a/model.pt" --steps 1300 \
+stage desc "$RUNS/desc" --data "$SYN" "$CASTLE" --init "$RUNS/desc_a/model.pt" --steps 650 \
   --val-every 200 "${COMMON[@]}"
 # 2. orientation (descriptor frozen)
-stage ori "$RUNS/ori" --data "$SYN" "$CASTLE" --init "$RUNS/desc/best.pt" --steps 500 \
+stage ori "$RUNS/ori" --data "$SYN" "$CASTLE" --init "$RUNS/desc/model.pt" --steps 400 \
   --val-every 100 "${COMMON[@]}"
 # 3. detector (orientation and descriptor frozen)
 stage det "$RUNS/det" --data "$SYN" "$CASTLE" --init "$RUNS/ori/best.pt" --steps 300 \

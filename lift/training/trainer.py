@@ -211,7 +211,7 @@ class Trainer:
         with open(self.out / "val.jsonl", "a") as f:
             f.write(json.dumps(res) + "\n")
         value = res.get(self.metric)
-        if value is not None and (self.best is None or value < self.best):
+        if value is not None and (self.best is None or value <= self.best):  # ties: later
             self.best = value
             self.export(self.out / "best.pt", res)
         return res
