@@ -12,7 +12,7 @@ as ``cv2.recoverPose``).
   eigen-decomposition of the 10 x 10 action matrix of ``x`` (Stewenius et al. 2006): up to 10
   models per sample.
 * :func:`essential_fit`: weighted 8-point projected on the essential manifold.
-* :func:`sampson_design` / :func:`sampson_residual`: squared Sampson distance.
+* :func:`sampson_error_rows`: squared Sampson distances of many hypotheses (batched products).
 * :func:`decompose_essential`, :func:`recover_pose`: the 4 (R, t) candidates and cheirality.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch
 
 from .geometry import epipolar_rows, weighted_nullvector
 
-__all__ = ["fundamental_7pt", "fundamental_fit", "essential_5pt", "essential_fit", "sampson_design",
-           "sampson_residual", "solve_cubic", "decompose_essential", "recover_pose"]
+__all__ = ["fundamental_7pt", "fundamental_fit", "essential_5pt", "essential_fit", "sampson_error_rows",
+           "solve_cubic", "decompose_essential", "recover_pose"]
 
 
 def _null_space(x0: torch.Tensor, x1: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -223,28 +223,32 @@ def essential_5pt(x0: torch.Tensor, x1: torch.Tensor) -> Tuple[torch.Tensor, tor
 
 
 # ---------------------------------------------------------------- Sampson error
-def sampson_design(x0: torch.Tensor, x1: torch.Tensor, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
-    """Linear maps ``G x 9 x 5 x P`` of the flattened F: ``r = x1^T F x0`` and the scaled
-    gradients ``s1 (F x0)_{1,2}``, ``s0 (F^T x1)_{1,2}``; :func:`sampson_residual` combines them into
-    the squared Sampson distance in un-normalised units (``s``: scales of the normalisations)."""
-    u0, v0 = x0[..., 0], x0[..., 1]
-    u1, v1 = x1[..., 0], x1[..., 1]
-    z = torch.zeros_like(u0)
-    a1 = s1[:, None].expand_as(u0)
-    a0 = s0[:, None].expand_as(u0)
-    r = epipolar_rows(x0, x1).transpose(1, 2)
-    l1a = torch.stack([u0 * a1, v0 * a1, a1, z, z, z, z, z, z], 1)
-    l1b = torch.stack([z, z, z, u0 * a1, v0 * a1, a1, z, z, z], 1)
-    l0a = torch.stack([u1 * a0, z, z, v1 * a0, z, z, a0, z, z], 1)
-    l0b = torch.stack([z, u1 * a0, z, z, v1 * a0, z, z, a0, z], 1)
-    return torch.stack([r, l1a, l1b, l0a, l0b], 2)
+def sampson_error_rows(F: torch.Tensor, p0: torch.Tensor, p1: torch.Tensor,
+                       s0: Optional[torch.Tensor] = None, s1: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Squared Sampson distances of ``K`` epipolar hypotheses per problem (the scoring hot path).
 
+    Two batched products give the epipolar lines ``l1 = F x0`` and ``l0 = F^T x1`` of every
+    hypothesis and point; then ``(x1 . l1)^2 / (s1^2 |l1_ab|^2 + s0^2 |l0_ab|^2)``.
 
-def sampson_residual(lin: torch.Tensor) -> torch.Tensor:
-    """``G x K x 5 x P`` outputs of :func:`sampson_design` -> ``G x K x P`` squared distances."""
-    r, a, b, c, d = lin.unbind(2)
-    den = a * a + b * b + c * c + d * d
-    return r * r / den.clamp_min(torch.finfo(lin.dtype).tiny)
+    Args:
+        F: ``G x K x 3 x 3`` (``x1^T F x0 = 0``). p0, p1: ``G x 3 x P`` homogeneous points.
+        s0, s1: optional ``G`` scales of isotropic normalisations ``x_n = s x + t``; with them
+            the distance is in the un-normalised units (pixels).
+
+    Returns:
+        ``G x K x P`` squared distances (as :func:`correspondence.geometry.sampson_error`).
+    """
+    G, K = F.shape[:2]
+    l1 = (F.reshape(G, 3 * K, 3) @ p0).view(G, K, 3, -1)
+    l0 = (F.transpose(-1, -2).reshape(G, 3 * K, 3) @ p1).view(G, K, 3, -1)
+    r = torch.addcmul(l1[:, :, 2], p1[:, None, 0], l1[:, :, 0]).addcmul_(p1[:, None, 1], l1[:, :, 1])
+    g1 = l1[:, :, :2].square().sum(2)
+    g0 = l0[:, :, :2].square().sum(2)
+    if s1 is not None:
+        g1.mul_((s1 * s1)[:, None, None])
+    if s0 is not None:
+        g0.mul_((s0 * s0)[:, None, None])
+    return r.square_().div_(g0.add_(g1).clamp_min_(torch.finfo(F.dtype).tiny))
 
 
 # ---------------------------------------------------------------- pose from E

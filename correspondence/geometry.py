@@ -104,6 +104,11 @@ def normalizing_transform(x: torch.Tensor, valid: torch.Tensor) -> Tuple[torch.T
     return T, s
 
 
+def homogeneous_rows(x: torch.Tensor) -> torch.Tensor:
+    """``G x P x 2`` points -> ``G x 3 x P`` homogeneous coordinates as rows ``(x, y, 1)``."""
+    return torch.cat([x.transpose(1, 2), torch.ones_like(x[:, None, :, 0])], 1)
+
+
 def apply_similarity(T: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Apply ``B x 3 x 3`` similarity/affine transforms to ``B x N x 2`` points."""
     return x @ T[:, :2, :2].transpose(1, 2) + T[:, None, :2, 2]

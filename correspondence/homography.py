@@ -16,11 +16,11 @@ from typing import Optional, Tuple
 
 import torch
 
-from .geometry import smallest_eigenvector
+from .geometry import homogeneous_rows, smallest_eigenvector
 
 __all__ = ["homography_minimal", "homography_minimal_soa", "homography_sample_degenerate",
            "homography_degenerate_soa", "homography_dlt", "transfer_error",
-           "transfer_design", "transfer_residual"]
+           "transfer_error_rows"]
 
 
 def _triangle_dets(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
@@ -42,8 +42,10 @@ def homography_degenerate_soa(soa: torch.Tensor, min_area: float = 1e-4) -> torc
     what makes the test a handful of element-wise operations on ``M``-vectors). Returns ``M`` bool."""
     d0 = _triangle_dets(soa[0], soa[1])
     d1 = _triangle_dets(soa[2], soa[3])
-    bad = (d0 * d1 <= 0) | (d0.abs() < min_area) | (d1.abs() < min_area)
-    return bad.any(0)
+    # |d| where the orientations agree, negative where they differ; then the smallest of 8
+    m = torch.minimum(d0 * d1.sign(), d1 * d0.sign())
+    m = torch.minimum(torch.minimum(m[0], m[1]), torch.minimum(m[2], m[3]))  # (reductions over dim 0 are slow)
+    return m < min_area
 
 
 def homography_sample_degenerate(x0: torch.Tensor, x1: torch.Tensor, min_area: float = 1e-4) -> torch.Tensor:
@@ -76,9 +78,10 @@ def homography_minimal_soa(soa: torch.Tensor) -> Tuple[torch.Tensor, torch.Tenso
         q.append((x1[i] * coef, y1[i] * coef, coef))
     H = torch.stack([q[0][r] * c[0][col] + q[1][r] * c[1][col] + q[2][r] * c[2][col]
                      for r in range(3) for col in range(3)])  # 9 x M
-    n = H.square().sum(0).sqrt()
+    H = H.T.contiguous()  # M x 9
+    n = H.norm(dim=1)
     ok = torch.isfinite(n) & (n > 0)
-    H = (H / torch.where(ok, n, torch.ones_like(n))).T
+    H = H / torch.where(ok, n, torch.ones_like(n))[:, None]
     return H.reshape(-1, 1, 3, 3), ok[:, None]
 
 
@@ -132,55 +135,40 @@ def homography_dlt(x0: torch.Tensor, x1: torch.Tensor, weights: Optional[torch.T
     return smallest_eigenvector(M, h0).reshape(G, 3, 3).to(x0.dtype)
 
 
-def transfer_design(x0: torch.Tensor, x1: torch.Tensor, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
-    """Linear maps ``G x 9 x 3 x P`` giving, for a flattened ``H`` (row-major), the three
-    quantities ``(r_u, r_v, w)`` of each correspondence: ``w = h_3 . p`` and
-    ``r_u = (u w - h_1 . p) / s1``, ``r_v = (v w - h_2 . p) / s1`` with ``p = (x, y, 1)``.
-    Then :func:`transfer_residual` gives ``|x1 - pi(H x0)|^2 / s1^2``.
+def transfer_error_rows(H: torch.Tensor, p0: torch.Tensor, p1: torch.Tensor,
+                        s0: Optional[torch.Tensor] = None, s1: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Squared one-way transfer errors ``|x1 - pi(H x0)|^2`` of ``K`` hypotheses per problem.
 
-    Args: x0, x1: ``G x P x 2`` (normalised) points; s0 (unused), s1: ``G`` scales.
-    """
-    x, y = x0[..., 0], x0[..., 1]
-    u, v = x1[..., 0], x1[..., 1]
-    k = (1 / s1)[:, None]
-    kx, ky = x * k, y * k
-    D = x0.new_zeros(x0.shape[0], 9, 3, x0.shape[1])
-    for r, (a, b) in enumerate(((u, 0), (v, 3))):  # rows r_u (h_1, h_3) and r_v (h_2, h_3)
-        D[:, b, r] = -kx
-        D[:, b + 1, r] = -ky
-        D[:, b + 2, r] = -k
-        D[:, 6, r] = a * kx
-        D[:, 7, r] = a * ky
-        D[:, 8, r] = a * k
-    D[:, 6, 2] = x
-    D[:, 7, 2] = y
-    D[:, 8, 2] = 1
-    return D
-
-
-def transfer_residual(lin: torch.Tensor) -> torch.Tensor:
-    """``G x K x 3 x P`` outputs of :func:`transfer_design` -> ``G x K x P`` squared transfer
-    errors (``inf`` for points mapped to infinity)."""
-    ru, rv, w = lin.unbind(2)
-    w2 = w * w
-    e = torch.addcmul(ru * ru, rv, rv) / w2
-    return e.masked_fill_(w2 <= 1e-20, float("inf"))
-
-
-def transfer_error(H: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor,
-                   s0: Optional[torch.Tensor] = None, s1: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Squared one-way transfer error ``|x1 - pi(H x0)|^2``.
+    One batched product ``H p0`` gives ``(X, Y, W)`` for every hypothesis and point, then
+    ``((u W - X)^2 + (v W - Y)^2) / W^2``, mostly in place (the scoring hot path).
 
     Args:
-        H: ``G x K x 3 x 3``. x0, x1: ``G x P x 2``.
-        s1: optional ``G`` scale of view 1's normalisation; the error is divided by ``s1^2`` to
-            give pixels^2. (``s0`` is accepted for a uniform error signature and unused.)
+        H: ``G x K x 3 x 3``. p0, p1: ``G x 3 x P`` homogeneous points (rows x, y, 1).
+        s1: optional ``G`` scale of view 1's normalisation; errors are divided by ``s1^2``
+            (pixels^2 for Hartley-normalised points). ``s0`` is unused (uniform signature).
 
     Returns:
         ``G x K x P``; points mapped to infinity get ``inf``.
     """
-    G = H.shape[0]
-    one = torch.ones(G, dtype=H.dtype, device=H.device)
-    D = transfer_design(x0, x1, one, one if s1 is None else s1)
-    lin = (H.reshape(G, -1, 9) @ D.flatten(2)).unflatten(2, D.shape[2:])
-    return transfer_residual(lin)
+    G, K = H.shape[:2]
+    q = (H.reshape(G, 3 * K, 3) @ p0).view(G, K, 3, -1)
+    X, Y, W = q.unbind(2)
+    ru = torch.addcmul(X, p1[:, None, 0], W, value=-1).square_()
+    ru.add_(torch.addcmul(Y, p1[:, None, 1], W, value=-1).square_())
+    W2 = W.square()
+    if s1 is not None:
+        W2.mul_((s1 * s1)[:, None, None])
+    return ru.div_(W2).masked_fill_(W2 <= 1e-20, float("inf"))
+
+
+def transfer_error(H: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor,
+                   s0: Optional[torch.Tensor] = None, s1: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Squared one-way transfer error ``|x1 - pi(H x0)|^2`` (OpenCV's reprojection error).
+
+    Args:
+        H: ``G x K x 3 x 3``. x0, x1: ``G x P x 2``. s0, s1: see :func:`transfer_error_rows`.
+
+    Returns:
+        ``G x K x P``; points mapped to infinity get ``inf``.
+    """
+    return transfer_error_rows(H, homogeneous_rows(x0), homogeneous_rows(x1), s0, s1)

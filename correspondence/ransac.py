@@ -45,12 +45,11 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 import torch
 
-from .geometry import (ArrayLike, apply_similarity, as_points, batch_correspondences,
+from .geometry import (ArrayLike, apply_similarity, as_points, batch_correspondences, homogeneous_rows,
                        normalizing_transform)
 from .epipolar import (essential_5pt, essential_fit, fundamental_7pt, fundamental_fit, recover_pose,
-                       sampson_design, sampson_residual)
-from .homography import (homography_degenerate_soa, homography_dlt, homography_minimal_soa, transfer_design,
-                         transfer_residual)
+                       sampson_error_rows)
+from .homography import homography_degenerate_soa, homography_dlt, homography_minimal_soa, transfer_error_rows
 
 __all__ = ["RobustEstimator", "ModelSpec", "HOMOGRAPHY", "FUNDAMENTAL", "ESSENTIAL", "find_homography",
            "find_fundamental", "find_essential", "estimate_relative_pose"]
@@ -60,9 +59,9 @@ __all__ = ["RobustEstimator", "ModelSpec", "HOMOGRAPHY", "FUNDAMENTAL", "ESSENTI
 class ModelSpec:
     """What the engine needs to know about a model class (all functions batched).
 
-    Errors are evaluated as ``residual(models @ design)``: ``design`` turns points into
-    ``C`` linear maps of the flattened (row-major) 3 x 3 model per point, so that scoring many
-    hypotheses against many points is one batched matrix product.
+    Errors are evaluated by ``error`` on homogeneous points stored as rows ``G x 3 x P``, so that
+    scoring many hypotheses against many points is a batched matrix product plus a few
+    element-wise operations.
 
     Samples are passed to ``degenerate`` and ``minimal`` component-major: ``soa`` is
     ``4 x s x M`` = (x0, y0, x1, y1) x sample point x sample, so that per-sample arithmetic runs
@@ -75,8 +74,8 @@ class ModelSpec:
         minimal: ``soa -> (models M x S x 3 x 3, ok M x S)``.
         fit: ``(x0 G x P x 2, x1, weights G x P or None, init G x 3 x 3 or None) -> G x 3 x 3``
             weighted least squares (``init``: the model being refined, a warm start).
-        design: ``(x0 G x P x 2, x1, s0 G, s1 G) -> G x 9 x C x P``.
-        residual: ``G x K x C x P -> G x K x P`` squared errors in threshold units.
+        error: ``(models G x K x 3 x 3, p0 G x 3 x P, p1, s0 G, s1 G) -> G x K x P`` squared
+            errors in threshold units (``s``: scales from working coordinates to those units).
         degenerate: optional ``soa -> M`` bool sample filter.
     """
 
@@ -85,8 +84,7 @@ class ModelSpec:
     min_fit: int
     minimal: Callable
     fit: Callable
-    design: Callable
-    residual: Callable
+    error: Callable
     degenerate: Optional[Callable] = None
 
 
@@ -97,8 +95,8 @@ def _on_views(solver: Callable) -> Callable:
     return run
 
 
-HOMOGRAPHY = ModelSpec("homography", 4, 4, homography_minimal_soa, homography_dlt, transfer_design,
-                       transfer_residual, homography_degenerate_soa)
+HOMOGRAPHY = ModelSpec("homography", 4, 4, homography_minimal_soa, homography_dlt, transfer_error_rows,
+                       homography_degenerate_soa)
 
 
 class RobustEstimator:
@@ -117,7 +115,8 @@ class RobustEstimator:
         verify_top: fewest hypotheses per problem and round scored on all matches (at least one
             per 512 samples drawn is).
         round_samples: total minimal samples drawn per round over the whole batch.
-        first_round: samples per problem in the first round (later rounds grow x4).
+        first_round: samples per problem in the first round; later rounds grow ``round_growth``
+            times (few large rounds: per-round overhead is fixed).
         lo_samples, lo_sample_factor, lo_iters, lo_threshold_factor: local optimisation.
         final_iters: IRLS steps of the final refit.
         max_elements: bound on the size of any hypotheses x points error tensor.
@@ -126,7 +125,8 @@ class RobustEstimator:
     def __init__(self, model: ModelSpec, threshold: float, confidence: float = 0.999,
                  max_iters: int = 100_000, min_iters: int = 0, seed: Optional[int] = 0,
                  preverify_points: int = 64, preverify_group: int = 64, verify_top: int = 4,
-                 round_samples: int = 32768, first_round: int = 256, lo_samples: int = 8,
+                 round_samples: int = 32768, first_round: int = 256, round_growth: int = 8,
+                 lo_samples: int = 8,
                  lo_sample_factor: int = 4, lo_iters: int = 4, lo_threshold_factor: float = 1.5,
                  final_iters: int = 3, max_elements: int = 1 << 23):
         if not threshold > 0:
@@ -148,6 +148,7 @@ class RobustEstimator:
         self.verify_top = int(verify_top)
         self.round_samples = int(round_samples)
         self.first_round = int(first_round)
+        self.round_growth = int(round_growth)
         self.lo_samples = int(lo_samples)
         self.lo_sample_factor = int(lo_sample_factor)
         self.lo_iters = int(lo_iters)
@@ -156,15 +157,15 @@ class RobustEstimator:
         self.max_elements = int(max_elements)
 
     # ------------------------------------------------------------------ scoring helpers
-    def _errors(self, models: torch.Tensor, D: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
-        """``G x K x 9`` models, ``G x 9 x C x P`` design -> ``G x K x P`` squared errors
-        (``inf`` where ``valid`` is False), in chunks of hypotheses bounded by ``max_elements``."""
+    def _errors(self, models: torch.Tensor, pp, valid: Optional[torch.Tensor]) -> torch.Tensor:
+        """``G x K x 9`` (or ``G x K x 3 x 3``) models on the points ``pp = (p0, p1, s0, s1)``
+        (``G x 3 x P`` homogeneous rows, ``G`` scales) -> ``G x K x P`` squared errors (``inf``
+        where ``valid`` is False), in chunks of hypotheses bounded by ``max_elements``."""
         G, K = models.shape[:2]
-        C, P = D.shape[2:]
-        h = models.reshape(G, K, 9)
-        Df = D.flatten(2)
-        step = max(1, self.max_elements // max(1, G * C * P))
-        out = [self.model.residual((h[:, i:i + step] @ Df).unflatten(2, (C, P))) for i in range(0, K, step)]
+        P = pp[0].shape[2]
+        h = models.reshape(G, K, 3, 3)
+        step = max(1, self.max_elements // max(1, G * 3 * P))
+        out = [self.model.error(h[:, i:i + step], *pp) for i in range(0, K, step)]
         e = out[0] if len(out) == 1 else torch.cat(out, 1)
         if valid is not None:
             e = e.masked_fill_(~valid[:, None], float("inf"))
@@ -187,8 +188,9 @@ class RobustEstimator:
             soa: ``4 x s x (a per)`` sample coordinates. idx: ``s x (a per)`` match indices.
 
         Returns:
-            ``(table a x K x 9, ok a x K)``: the models of each problem's samples, padded to a
-            multiple of ``preverify_group`` (``ok`` False for padding and failed solves).
+            ``(table a x K x 9, ok a x K, own a x K x s)``: the models of each problem's samples,
+            padded to a multiple of ``preverify_group`` (``ok`` False for padding and failed
+            solves), and the indices of the matches each model was solved from.
         """
         m, s = self.model, self.model.sample_size
         bad = torch.zeros(a * per, dtype=torch.bool, device=soa.device)
@@ -201,44 +203,58 @@ class RobustEstimator:
         kidx = keep.nonzero().flatten()
         gsz = self.preverify_group
         if kidx.numel() == 0:
-            return soa.new_zeros(a, gsz, 9), torch.zeros(a, gsz, dtype=torch.bool, device=soa.device)
-        hyp, ok = m.minimal(soa[:, :, kidx])  # K' x S x 3 x 3
+            return (soa.new_zeros(a, gsz, 9), torch.zeros(a, gsz, dtype=torch.bool, device=soa.device),
+                    torch.zeros(a, gsz, s, dtype=torch.long, device=soa.device))
+        hyp, ok = m.minimal(soa.index_select(2, kidx))  # K' x S x 3 x 3
         S = hyp.shape[1]
         keep2 = keep.reshape(a, per)
         counts = keep2.sum(1)
         kmax = int(counts.max())
         K = -(-kmax * S // gsz) * gsz
-        pid = kidx // per
-        slot = (torch.cumsum(keep2, 1).reshape(-1)[kidx] - 1)
-        table = soa.new_zeros(a, K, 9)
-        okt = torch.zeros(a, K, dtype=torch.bool, device=soa.device)
-        table[:, :kmax * S].view(a, kmax, S, 9)[pid, slot] = hyp.reshape(-1, S, 9).to(table.dtype)
-        okt[:, :kmax * S].view(a, kmax, S)[pid, slot] = ok
-        table = torch.where(okt[..., None], table, torch.zeros_like(table))
-        return table, okt
+        # flat position of model j of the kept sample ranked r in problem p: p K + r S + j
+        rank = torch.cumsum(keep2, 1).reshape(-1)[kidx] - 1
+        pos = ((kidx // per) * K + rank * S)[:, None] + torch.arange(S, device=soa.device)
+        table = soa.new_zeros(a * K, 9).index_copy_(0, pos.flatten(), hyp.reshape(-1, 9).to(soa.dtype))
+        okt = torch.zeros(a * K, dtype=torch.bool, device=soa.device).index_copy_(0, pos.flatten(), ok.flatten())
+        own = idx.index_select(1, kidx).T[:, None].expand(-1, S, s).reshape(-1, s)
+        own = torch.zeros(a * K, s, dtype=idx.dtype, device=soa.device).index_copy_(0, pos.flatten(), own)
+        return table.view(a, K, 9), okt.view(a, K), own.view(a, K, s)
 
-    def _preverify(self, table, okt, pts, ids, nv, N, s0, s1, gen):
+    def _preverify(self, table, okt, own, pts, ids, nv, N, s0, s1, gen):
         """Truncated score of every hypothesis on a random subset of its problem's matches, one
-        subset per group of ``preverify_group`` hypotheses: ``a x K`` (``-1`` for invalid)."""
+        subset per group of ``preverify_group`` hypotheses: ``a x K`` (``-1`` for invalid).
+
+        A model fits its own sample exactly, so the sample matches that fall in the subset
+        (``own``: ``a x K x s`` indices) are not counted: otherwise, with small ``N``, the many
+        wrong models that happen to have 3 or 4 of their own points in the subset outrank the
+        right ones."""
         a, K = okt.shape
         gsz, P = self.preverify_group, self.preverify_points
         ng = K // gsz
         dt = table.dtype
         sub = (torch.rand(a, ng, P, generator=gen, device=table.device, dtype=dt) * nv[:, None, None].to(dt)).long()
         sub = torch.minimum(sub, (nv - 1)[:, None, None]) + (ids * N)[:, None, None]
-        g = pts[:, sub.flatten()].view(2, 2, a * ng, P).permute(0, 2, 3, 1)  # view x (a ng) x P x 2
-        Dsub = self.model.design(g[0], g[1], s0[ids].repeat_interleave(ng), s1[ids].repeat_interleave(ng))
-        err = self._errors(table.view(a * ng, gsz, 9), Dsub, None)
-        pre = self._gain(err).view(a, K)
+        g = pts.index_select(1, sub.flatten()).view(4, a * ng, P)
+        # subset membership of every hypothesis' own sample points (each gains exactly 1)
+        local = sub.view(a * ng, P) - (ids * N).repeat_interleave(ng)[:, None]
+        member = torch.zeros(a * ng, N, dtype=table.dtype, device=table.device).scatter_(1, local, 1.0)
+        gidx = (torch.arange(a * ng, device=table.device) * N).repeat_interleave(gsz).view(a, K, 1)
+        self_gain = member.view(-1)[(own + gidx).flatten()].view(a, K, -1).sum(-1)
+        one = torch.ones_like(g[0])[:, None]
+        pp = (torch.cat([g[0:2].transpose(0, 1), one], 1), torch.cat([g[2:4].transpose(0, 1), one], 1),
+              s0[ids].repeat_interleave(ng), s1[ids].repeat_interleave(ng))
+        err = self._errors(table.view(a * ng, gsz, 9), pp, None)
+        pre = self._gain(err).view(a, K) - self_gain
         return torch.where(okt, pre, torch.full_like(pre, -1.0))
 
     # ------------------------------------------------------------------ local optimisation
-    def _refine(self, models, scores, err, x0, x1, D, valid, gen, inner: bool, iters: int):
+    def _refine(self, models, scores, err, x0, x1, pp, valid, gen, inner: bool, iters: int):
         """Inner RANSAC (optional) + IRLS for ``G`` problems.
 
         Args:
             models ``G x 3 x 3``, scores ``G``, err ``G x N`` (their squared errors), the
-            problems' points ``G x N x 2``, design ``G x 9 x C x N`` and ``valid`` (or None).
+            problems' points ``G x N x 2``, the same as rows ``pp = (p0, p1, s0, s1)`` (see
+            :meth:`_errors`) and ``valid`` (or None).
 
         Returns:
             improved ``(models, scores, err)``.
@@ -258,7 +274,7 @@ class RobustEstimator:
             g0 = torch.gather(x0, 1, sel[..., None].expand(G, L * q, 2)).view(G * L, q, 2)
             g1 = torch.gather(x1, 1, sel[..., None].expand(G, L * q, 2)).view(G * L, q, 2)
             cand = m.fit(g0, g1, None, models[:, None].expand(G, L, 3, 3).reshape(G * L, 3, 3)).reshape(G, L, 9)
-            ce = self._errors(cand, D, valid)
+            ce = self._errors(cand, pp, valid)
             cs = self._gain(ce)
             usable = torch.isfinite(cs) & (n_inl >= max(m.min_fit, m.sample_size + 1))[:, None]
             cs = torch.where(usable, cs, torch.full_like(cs, -1.0))
@@ -272,7 +288,7 @@ class RobustEstimator:
             w = self._irls_weights(err)
             enough = (w > 0).sum(1) >= m.min_fit
             cand = m.fit(x0, x1, w, models)
-            ce = self._errors(cand[:, None], D, valid)[:, 0]
+            ce = self._errors(cand[:, None], pp, valid)[:, 0]
             cs = self._gain(ce)
             better = enough & torch.isfinite(cs) & (cs > scores)
             if not bool(better.any()):
@@ -317,8 +333,9 @@ class RobustEstimator:
         x1 = torch.gather(x1, 1, order[..., None].expand(B, N, 2))
         valid_o = torch.gather(valid, 1, order)
         n_valid = valid_o.sum(1)
-        vmask = None if bool(valid_o.all()) else valid_o
-        D = m.design(x0, x1, s0, s1)  # B x 9 x C x N: scoring against all matches
+        same_n = bool(valid_o.all())
+        vmask = None if same_n else valid_o
+        PP = (homogeneous_rows(x0), homogeneous_rows(x1), s0, s1)  # scoring against all matches
         pts = torch.cat([x0, x1], 2).permute(2, 0, 1).reshape(4, B * N)
         cdf = None
         if weights is not None:
@@ -344,29 +361,32 @@ class RobustEstimator:
                 break
             everyone = a == B
             remaining = int((needed[ids].clamp_min(self.min_iters) - iters[ids]).max())
-            per = min(self.first_round * 4 ** rnd, max(16, self.round_samples // a), max(1, remaining))
+            per = min(self.first_round * self.round_growth ** rnd, max(16, self.round_samples // a), max(1, remaining))
             rnd += 1
             nv = n_valid[ids]
             # 1. sampling: s x a x per indices below n_valid (component-major layout)
-            u = torch.rand(s, a, per, generator=gen, device=dev, dtype=dt)
-            if cdf is None:
+            if cdf is None and same_n:  # every problem has N valid matches: integers directly
+                idx = torch.randint(N, (s, a, per), generator=gen, device=dev)
+            elif cdf is None:
+                u = torch.rand(s, a, per, generator=gen, device=dev, dtype=dt)
                 idx = torch.minimum((u * nv[:, None].to(dt)).long(), (nv - 1)[:, None])
             else:
-                idx = torch.searchsorted(cdf[ids].contiguous(), u.permute(1, 0, 2).reshape(a, s * per))
+                u = torch.rand(a, s * per, generator=gen, device=dev, dtype=dt)
+                idx = torch.searchsorted(cdf[ids].contiguous(), u)
                 idx = idx.clamp_max(N - 1).reshape(a, s, per).permute(1, 0, 2)
             idx = idx.reshape(s, a * per)
             fidx = (idx.view(s, a, per) + (ids * N)[:, None]).reshape(-1)
-            soa = pts[:, fidx].reshape(4, s, a * per)  # (x0, y0, x1, y1) x s x samples
+            soa = pts.index_select(1, fidx).view(4, s, a * per)  # (x0, y0, x1, y1) x s x samples
             iters[ids] += per
             # 2.-3. degeneracy filter and minimal solve of the surviving samples
-            table, okt = self._hypotheses(soa, idx, a, per)
+            table, okt, own = self._hypotheses(soa, idx, a, per)
             if bool(okt.any()):
                 # 4. pre-verification on random subsets, full scoring of the best per problem
-                pre = self._preverify(table, okt, pts, ids, nv, N, s0, s1, gen)
+                pre = self._preverify(table, okt, own, pts, ids, nv, N, s0, s1, gen)
                 kv = min(max(self.verify_top, per // 512), pre.shape[1])
                 topv, topi = pre.topk(kv, dim=1)
                 cand = torch.gather(table, 1, topi[..., None].expand(a, kv, 9))
-                Da = D if everyone else D[ids]
+                Da = PP if everyone else tuple(t[ids] for t in PP)
                 va = vmask if (vmask is None or everyone) else vmask[ids]
                 err = self._errors(cand, Da, va)
                 sc = self._gain(err)
@@ -381,7 +401,8 @@ class RobustEstimator:
                     sel = (lambda t: t) if alli else (lambda t: t[li])
                     mods, scs, errs = self._refine(
                         cand[li, rarg[li]].view(-1, 3, 3), rbest[li], err[li, rarg[li]], x0[gi], x1[gi],
-                        sel(Da), None if va is None else sel(va), gen, inner=True, iters=self.lo_iters)
+                        tuple(sel(t) for t in Da), None if va is None else sel(va), gen, inner=True,
+                        iters=self.lo_iters)
                     best[gi] = mods
                     best_score[gi] = scs
                     best_err[gi] = errs
@@ -401,7 +422,8 @@ class RobustEstimator:
             gi = has.nonzero().flatten()
             alli = gi.numel() == B
             mods, _, errs = self._refine(best[gi], best_score[gi], best_err[gi], x0[gi], x1[gi],
-                                         D if alli else D[gi], vmask if (vmask is None or alli) else vmask[gi],
+                                         PP if alli else tuple(t[gi] for t in PP),
+                                         vmask if (vmask is None or alli) else vmask[gi],
                                          gen, inner=False, iters=self.final_iters)
             best[gi] = mods
             mask_o[gi] = errs < t2
@@ -468,9 +490,8 @@ def find_homography(src: ArrayLike, dst: ArrayLike, threshold: float = 3.0, conf
     return _output(H / scale, inl, batched, as_numpy)
 
 
-FUNDAMENTAL = ModelSpec("fundamental", 7, 8, _on_views(fundamental_7pt), fundamental_fit, sampson_design,
-                        sampson_residual)
-ESSENTIAL = ModelSpec("essential", 5, 8, _on_views(essential_5pt), essential_fit, sampson_design, sampson_residual)
+FUNDAMENTAL = ModelSpec("fundamental", 7, 8, _on_views(fundamental_7pt), fundamental_fit, sampson_error_rows)
+ESSENTIAL = ModelSpec("essential", 5, 8, _on_views(essential_5pt), essential_fit, sampson_error_rows)
 
 
 def find_fundamental(src: ArrayLike, dst: ArrayLike, threshold: float = 1.0, confidence: float = 0.999,

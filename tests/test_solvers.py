@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from correspondence.epipolar import (decompose_essential, essential_5pt, essential_fit, fundamental_7pt,
-                                     fundamental_fit, recover_pose, sampson_design, sampson_residual,
-                                     solve_cubic)
-from correspondence.geometry import sampson_error, skew
+                                     fundamental_fit, recover_pose, sampson_error_rows, solve_cubic)
+from correspondence.geometry import homogeneous_rows, sampson_error, skew, smallest_eigenvector
 from correspondence.homography import (homography_dlt, homography_minimal, homography_sample_degenerate,
                                        transfer_error)
 from correspondence.synthetic import random_homography, relative_pose_problem
@@ -125,15 +124,47 @@ def test_essential_5pt_exact_and_fit():
         assert _closest(Ef.numpy(), [True], E) < 1e-8
 
 
-def test_sampson_design_matches_direct_error():
+def test_sampson_rows_match_direct_error():
     rng = np.random.default_rng(3)
     F = torch.tensor(rng.normal(size=(2, 3, 3, 3)))
     x0 = torch.tensor(rng.normal(size=(2, 50, 2)))
     x1 = torch.tensor(rng.normal(size=(2, 50, 2)))
     s0, s1 = torch.tensor([2.0, 0.5], dtype=torch.float64), torch.tensor([1.5, 3.0], dtype=torch.float64)
-    D = sampson_design(x0, x1, s0, s1)
-    lin = (F.reshape(2, 3, 9) @ D.flatten(2)).unflatten(2, D.shape[2:])
-    assert torch.allclose(sampson_residual(lin), sampson_error(F, x0, x1, s0, s1), rtol=1e-10)
+    got = sampson_error_rows(F, homogeneous_rows(x0), homogeneous_rows(x1), s0, s1)
+    assert torch.allclose(got, sampson_error(F, x0, x1, s0, s1), rtol=1e-10)
+
+
+def test_transfer_error_matches_projection():
+    rng = np.random.default_rng(5)
+    H = rng.normal(size=(2, 3, 3, 3))
+    H[..., 2, 2] += 5  # keep the points away from infinity
+    x0, x1 = rng.normal(size=(2, 40, 2)), rng.normal(size=(2, 40, 2))
+    y = np.einsum("gkab,gpb->gkpa", H, np.concatenate([x0, np.ones((2, 40, 1))], -1))
+    want = ((x1[:, None] - y[..., :2] / y[..., 2:]) ** 2).sum(-1) / 4.0
+    got = transfer_error(torch.tensor(H), torch.tensor(x0), torch.tensor(x1), None,
+                         torch.tensor([2.0, 2.0], dtype=torch.float64))
+    assert np.allclose(got.numpy(), want, rtol=1e-10)
+    # a point mapped to infinity has an infinite error
+    Hinf = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+    Hinf[0, 0, 0, 0] = Hinf[0, 0, 1, 1] = 1
+    assert torch.isinf(transfer_error(Hinf, torch.tensor(x0[:1]), torch.tensor(x1[:1]))).all()
+
+
+def test_smallest_eigenvector_inverse_iteration():
+    rng = np.random.default_rng(6)
+    A = torch.tensor(rng.normal(size=(8, 30, 9)))
+    A[:, :, 0] *= 1e-3  # a clear smallest direction
+    M = A.mT @ A
+    ref = smallest_eigenvector(M)
+    start = ref + 0.2 * torch.tensor(rng.normal(size=(8, 9)))  # a rough warm start
+    got = smallest_eigenvector(M, start, steps=3)
+    assert (got * ref).sum(1).abs().min() > 1 - 1e-10
+    # a singular matrix (exact data) still works: the shift keeps the solve regular
+    Ms = M.clone()
+    Ms[:, :, 0] = 0
+    Ms[:, 0, :] = 0
+    got = smallest_eigenvector(Ms, torch.ones(8, 9, dtype=torch.float64))
+    assert got[:, 0].abs().min() > 1 - 1e-8
 
 
 def test_recover_pose_cheirality():
