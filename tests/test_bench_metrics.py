@@ -135,3 +135,9 @@ def test_pose_estimators_agree(estimator):
     p1 = p1 + np.random.default_rng(2).normal(0, 0.3, p1.shape)
     R_est, t_est, _ = estimate_relative_pose(p0, p1, K, K, estimator)
     assert M.pose_error(R_est, t_est, R, t)[0] < 1.0
+
+
+def test_corner_error_of_degenerate_estimate_is_inf():
+    H_line = np.array([[1.0, 0, 0], [0, 1, 0], [1.0, 0, -10]])  # sends x = 10 to infinity
+    with np.errstate(all="raise"):
+        assert M.corner_error(H_line, np.eye(3), (21, 21)) == float("inf")

@@ -90,7 +90,8 @@ def corner_error(H_est: Optional[np.ndarray], H_gt: np.ndarray, size: Tuple[int,
     if H_est is None or not np.isfinite(H_est).all():
         return float("inf")
     c = image_corners(size)
-    err = np.linalg.norm(warp_points(H_est, c) - warp_points(H_gt, c), axis=1).mean()
+    with np.errstate(invalid="ignore"):  # a corner sent to infinity gives inf - inf
+        err = np.linalg.norm(warp_points(H_est, c) - warp_points(H_gt, c), axis=1).mean()
     return float(err) if np.isfinite(err) else float("inf")
 
 

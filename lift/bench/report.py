@@ -83,6 +83,7 @@ def run_metadata(command: str) -> dict:
     return {"command": command,
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+                        "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
                         "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
             "versions": {"lift": version, "torch": torch.__version__, "opencv": cv2.__version__,
                          "numpy": np.__version__, "python": platform.python_version()},
@@ -178,7 +179,10 @@ def markdown_report(results: dict, title: Optional[str] = None) -> str:
     if meta:
         lines += [f"- date: {meta['date']}; commit: {meta.get('git_commit') or 'n/a'}",
                   f"- machine: {meta['machine']['cpu']} ({meta['machine']['cpu_count']} CPUs, "
-                  f"torch threads {meta['machine']['torch_threads']}), {meta['machine']['platform']}",
+                  f"torch threads {meta['machine']['torch_threads']}"
+                  + (f", load average {meta['machine']['load_average']} at the end of the run"
+                     if meta["machine"].get("load_average") is not None else "")
+                  + f"), {meta['machine']['platform']}",
                   "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
                   f"- command: `{meta['command']}`"]
     lines.append("- settings: " + ", ".join(f"{k}={v}" for k, v in st.items()))
