@@ -95,3 +95,21 @@ def test_speed_benchmark_counts():
     res = run_speed_benchmark(refs, ["orb"], max_keypoints=100, repeats=2, warmup=1, quiet=True)
     s = res["methods"]["orb"]["summary"]
     assert s["keypoints_mean"] == 100 and s["time_ms_median"] > 0
+
+
+def test_lift_named_weights_random_init(tmp_path):
+    """'lift:<weights path>' runs the library's pipeline (random-init weights: the contract, not
+    the accuracy, is checked)."""
+    LIFTModel = getattr(lift, "LIFTModel", None)
+    if LIFTModel is None or not hasattr(LIFTModel, "save"):
+        pytest.skip("lift.LIFTModel is not available in this build")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    path = LIFTModel().save(tmp_path / "random.pt")
+    method = load_method(f"lift:{path}", max_keypoints=64)
+    assert str(path) in method.description
+    feats = method.extract(_image(3, 128, 160))
+    assert 0 < len(feats) <= 64 and feats.image_size == (160, 128)
+    np.testing.assert_allclose(np.linalg.norm(feats.descriptors, axis=1), 1.0, atol=1e-4)
+    with pytest.raises(MethodUnavailable):
+        load_method(f"lift:{tmp_path / 'missing.pt'}")
