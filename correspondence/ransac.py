@@ -117,17 +117,23 @@ class RobustEstimator:
         round_samples: total minimal samples drawn per round over the whole batch.
         first_round: samples per problem in the first round; later rounds grow ``round_growth``
             times (few large rounds: per-round overhead is fixed).
-        lo_samples, lo_sample_factor, lo_iters, lo_threshold_factor: local optimisation.
+        lo_samples, lo_sample_factor, lo_iters, lo_threshold_factor: local optimisation: inner
+            RANSAC with ``lo_samples`` fits on subsets of ``lo_sample_factor x s`` inliers, then
+            ``lo_iters`` IRLS steps with Tukey cut-off ``lo_threshold_factor x threshold``.
+        lo_rounds: most rounds of inner RANSAC + IRLS while the score keeps improving.
+        lo_inner_factor: inner samples are drawn from the matches within this multiple of the
+            threshold (wider than 1 pulls in inliers a nearly right model still misses).
         final_iters: IRLS steps of the final refit.
         max_elements: bound on the size of any hypotheses x points error tensor.
     """
 
     def __init__(self, model: ModelSpec, threshold: float, confidence: float = 0.999,
                  max_iters: int = 100_000, min_iters: int = 0, seed: Optional[int] = 0,
-                 preverify_points: int = 64, preverify_group: int = 64, verify_top: int = 4,
+                 preverify_points: int = 32, preverify_group: int = 64, verify_top: int = 4,
                  round_samples: int = 32768, first_round: int = 256, round_growth: int = 8,
                  lo_samples: int = 8,
                  lo_sample_factor: int = 4, lo_iters: int = 4, lo_threshold_factor: float = 1.5,
+                 lo_rounds: int = 1, lo_inner_factor: float = 1.0,
                  final_iters: int = 3, max_elements: int = 1 << 23):
         if not threshold > 0:
             raise ValueError(f"threshold must be > 0, got {threshold}")
@@ -153,6 +159,8 @@ class RobustEstimator:
         self.lo_sample_factor = int(lo_sample_factor)
         self.lo_iters = int(lo_iters)
         self.lo_threshold_factor = float(lo_threshold_factor)
+        self.lo_rounds = int(lo_rounds)
+        self.lo_inner_factor = float(lo_inner_factor)
         self.final_iters = int(final_iters)
         self.max_elements = int(max_elements)
 
@@ -248,42 +256,39 @@ class RobustEstimator:
         return torch.where(okt, pre, torch.full_like(pre, -1.0))
 
     # ------------------------------------------------------------------ local optimisation
-    def _refine(self, models, scores, err, x0, x1, pp, valid, gen, inner: bool, iters: int):
-        """Inner RANSAC (optional) + IRLS for ``G`` problems.
-
-        Args:
-            models ``G x 3 x 3``, scores ``G``, err ``G x N`` (their squared errors), the
-            problems' points ``G x N x 2``, the same as rows ``pp = (p0, p1, s0, s1)`` (see
-            :meth:`_errors`) and ``valid`` (or None).
-
-        Returns:
-            improved ``(models, scores, err)``.
-        """
+    def _inner(self, models, scores, err, x0, x1, pp, valid, gen):
+        """Inner RANSAC: ``lo_samples`` least-squares fits on random non-minimal subsets (of
+        ``lo_sample_factor x s`` matches) of each model's inliers, the best kept if it scores
+        higher. Arguments and result as :meth:`_refine`."""
         G, N = err.shape
         m = self.model
-        t2 = self.threshold ** 2
         dev, dt = x0.device, x0.dtype
-        if inner and self.lo_samples > 0:
-            inl = err < t2
-            n_inl = inl.sum(1)
-            q, L = self.lo_sample_factor * m.sample_size, self.lo_samples
-            # q random inliers per inner sample: the k-th inlier is where cumsum(inl) reaches k
-            k = (torch.rand(G, L * q, generator=gen, device=dev, dtype=dt) * n_inl[:, None].to(dt)).long()
-            k = torch.minimum(k, (n_inl - 1).clamp_min(0)[:, None]) + 1
-            sel = torch.searchsorted(inl.cumsum(1), k).clamp_max(N - 1)
-            g0 = torch.gather(x0, 1, sel[..., None].expand(G, L * q, 2)).view(G * L, q, 2)
-            g1 = torch.gather(x1, 1, sel[..., None].expand(G, L * q, 2)).view(G * L, q, 2)
-            cand = m.fit(g0, g1, None, models[:, None].expand(G, L, 3, 3).reshape(G * L, 3, 3)).reshape(G, L, 9)
-            ce = self._errors(cand, pp, valid)
-            cs = self._gain(ce)
-            usable = torch.isfinite(cs) & (n_inl >= max(m.min_fit, m.sample_size + 1))[:, None]
-            cs = torch.where(usable, cs, torch.full_like(cs, -1.0))
-            bs, bi = cs.max(1)
-            better = bs > scores
-            ar = torch.arange(G, device=dev)
-            models = torch.where(better[:, None, None], cand[ar, bi].view(G, 3, 3), models)
-            scores = torch.where(better, bs, scores)
-            err = torch.where(better[:, None], ce[ar, bi], err)
+        inl = err < (self.threshold * self.lo_inner_factor) ** 2
+        n_inl = inl.sum(1)
+        q, L = self.lo_sample_factor * m.sample_size, self.lo_samples
+        # q random inliers per inner sample: the k-th inlier is where cumsum(inl) reaches k
+        k = (torch.rand(G, L * q, generator=gen, device=dev, dtype=dt) * n_inl[:, None].to(dt)).long()
+        k = torch.minimum(k, (n_inl - 1).clamp_min(0)[:, None]) + 1
+        sel = torch.searchsorted(inl.cumsum(1), k).clamp_max(N - 1)
+        g0 = torch.gather(x0, 1, sel[..., None].expand(G, L * q, 2)).view(G * L, q, 2)
+        g1 = torch.gather(x1, 1, sel[..., None].expand(G, L * q, 2)).view(G * L, q, 2)
+        cand = m.fit(g0, g1, None, models[:, None].expand(G, L, 3, 3).reshape(G * L, 3, 3)).reshape(G, L, 9)
+        ce = self._errors(cand, pp, valid)
+        cs = self._gain(ce)
+        usable = torch.isfinite(cs) & (n_inl >= max(m.min_fit, m.sample_size + 1))[:, None]
+        cs = torch.where(usable, cs, torch.full_like(cs, -1.0))
+        bs, bi = cs.max(1)
+        better = bs > scores
+        ar = torch.arange(G, device=dev)
+        models = torch.where(better[:, None, None], cand[ar, bi].view(G, 3, 3), models)
+        scores = torch.where(better, bs, scores)
+        err = torch.where(better[:, None], ce[ar, bi], err)
+        return models, scores, err
+
+    def _irls(self, models, scores, err, x0, x1, pp, valid, iters: int):
+        """Up to ``iters`` steps of iteratively re-weighted least squares (Tukey weights with
+        cut-off ``lo_threshold_factor x`` the threshold), each kept only if it scores higher."""
+        m = self.model
         for _ in range(iters):
             w = self._irls_weights(err)
             enough = (w > 0).sum(1) >= m.min_fit
@@ -296,6 +301,28 @@ class RobustEstimator:
             models = torch.where(better[:, None, None], cand, models)
             scores = torch.where(better, cs, scores)
             err = torch.where(better[:, None], ce, err)
+        return models, scores, err
+
+    def _refine(self, models, scores, err, x0, x1, pp, valid, gen, inner: bool, iters: int):
+        """Local optimisation of ``G`` models: up to ``lo_rounds`` rounds of inner RANSAC +
+        IRLS while the score improves (``inner=True``), or IRLS alone.
+
+        Args:
+            models ``G x 3 x 3``, scores ``G``, err ``G x N`` (their squared errors), the
+            problems' points ``G x N x 2``, the same as rows ``pp = (p0, p1, s0, s1)`` (see
+            :meth:`_errors`) and ``valid`` (or None).
+
+        Returns:
+            improved ``(models, scores, err)``.
+        """
+        if not inner or self.lo_samples <= 0:
+            return self._irls(models, scores, err, x0, x1, pp, valid, iters)
+        for _ in range(max(1, self.lo_rounds)):
+            before = scores
+            models, scores, err = self._inner(models, scores, err, x0, x1, pp, valid, gen)
+            models, scores, err = self._irls(models, scores, err, x0, x1, pp, valid, iters)
+            if not bool((scores > before * (1 + 1e-3)).any()):
+                break
         return models, scores, err
 
     # ------------------------------------------------------------------ main loop
@@ -557,7 +584,7 @@ def _essential(src, dst, K0, K1, threshold, confidence, max_iters, weights, mask
     if threshold is None:
         threshold = 1.0 if K0 is not None else 1e-3
     est = RobustEstimator(ESSENTIAL, threshold, confidence, max_iters, seed=seed,
-                          **{"round_samples": 4096, **options})
+                          **{"round_samples": 4096, "lo_rounds": 4, "lo_inner_factor": 2.0, **options})
     E, inl, _ = est(c0, c1, valid, w, s0, s1)
     return E, inl, c0, c1, batched
 
