@@ -5,19 +5,26 @@ One generic engine (:class:`RobustEstimator`) runs every problem of a batch at o
 
 1. **Sampling.** Each round draws ``m`` minimal samples for every still-active problem at once
    (uniform, or proportional to the prior ``weights`` given per match, so that a learned filter
-   can feed it). Samples with a repeated index are rejected.
+   can feed it). Samples with a repeated index are rejected. Rounds start at ``first_round``
+   samples per problem and grow ``round_growth`` times up to ``round_samples`` over the batch:
+   few, large, flat tensor operations (the sampling path is bound by the number of operations).
 2. **Degeneracy filter** on the sample (collinear triples and the oriented constraint for H),
-   before any solving.
+   before any solving, on component-major sample tensors; the survivors are compacted.
 3. **Minimal solve**, one batched call for all surviving samples of all problems (closed-form
    4-point H, 7-point F with its cubic, 5-point E by the action matrix), up to ``S`` models per
    sample.
 4. **Pre-verification** of every hypothesis on a random subset of ``preverify_points`` matches of
-   its problem; the ``verify_top`` best hypotheses per problem are then scored on all matches.
-   Scores are truncated quadratic (MSAC): ``sum_i max(0, 1 - e_i^2 / t^2)``, larger is better.
+   its problem (one subset per group of ``preverify_group`` hypotheses); matches of a model's
+   own sample are not counted (a model fits them exactly). The best hypotheses per problem (at
+   least ``verify_top``, one per 512 samples drawn) are then scored on all matches. Scores are
+   truncated quadratic (MSAC): ``sum_i max(0, 1 - e_i^2 / t^2)``, larger is better; errors of
+   many hypotheses come from one batched product with the homogeneous points.
 5. **Local optimisation** whenever a problem's best model improves: inner RANSAC on its inliers
-   (``lo_samples`` non-minimal subsets of ``lo_sample_factor x`` the minimal size) then
-   iteratively re-weighted least squares (``lo_iters`` steps, Tukey weights with cut-off
-   ``lo_threshold_factor x`` the threshold); a refit is kept only when it scores higher.
+   (``lo_samples`` non-minimal subsets of ``lo_sample_factor x`` the minimal size, drawn within
+   ``lo_inner_factor x`` the threshold) then iteratively re-weighted least squares (``lo_iters``
+   steps, Tukey weights with cut-off ``lo_threshold_factor x`` the threshold, warm-started
+   inverse-iteration fits); a refit is kept only when it scores higher; up to ``lo_rounds``
+   rounds while the score improves.
 6. **Adaptive termination per problem:** a problem stops when its iteration count reaches
    ``log(1 - confidence) / log(1 - w^s)`` (``w`` its inlier ratio, ``s`` the sample size) or
    ``max_iters``; finished problems leave the batch.
@@ -114,7 +121,8 @@ class RobustEstimator:
         preverify_group: hypotheses sharing one pre-verification subset.
         verify_top: fewest hypotheses per problem and round scored on all matches (at least one
             per 512 samples drawn is).
-        round_samples: total minimal samples drawn per round over the whole batch.
+        round_samples: total minimal samples drawn per round over the whole batch, but at least
+            ``min_round`` per problem (few, large rounds: the per-round cost is mostly fixed).
         first_round: samples per problem in the first round; later rounds grow ``round_growth``
             times (few large rounds: per-round overhead is fixed).
         lo_samples, lo_sample_factor, lo_iters, lo_threshold_factor: local optimisation: inner
@@ -129,8 +137,9 @@ class RobustEstimator:
 
     def __init__(self, model: ModelSpec, threshold: float, confidence: float = 0.999,
                  max_iters: int = 100_000, min_iters: int = 0, seed: Optional[int] = 0,
-                 preverify_points: int = 32, preverify_group: int = 64, verify_top: int = 4,
-                 round_samples: int = 32768, first_round: int = 256, round_growth: int = 8,
+                 preverify_points: int = 64, preverify_group: int = 64, verify_top: int = 4,
+                 round_samples: int = 65536, min_round: int = 1024, first_round: int = 256,
+                 round_growth: int = 8,
                  lo_samples: int = 8,
                  lo_sample_factor: int = 4, lo_iters: int = 4, lo_threshold_factor: float = 1.5,
                  lo_rounds: int = 1, lo_inner_factor: float = 1.0,
@@ -153,6 +162,7 @@ class RobustEstimator:
         self.preverify_group = int(preverify_group)
         self.verify_top = int(verify_top)
         self.round_samples = int(round_samples)
+        self.min_round = int(min_round)
         self.first_round = int(first_round)
         self.round_growth = int(round_growth)
         self.lo_samples = int(lo_samples)
@@ -388,7 +398,8 @@ class RobustEstimator:
                 break
             everyone = a == B
             remaining = int((needed[ids].clamp_min(self.min_iters) - iters[ids]).max())
-            per = min(self.first_round * self.round_growth ** rnd, max(16, self.round_samples // a), max(1, remaining))
+            per = min(self.first_round * self.round_growth ** rnd, max(self.min_round, self.round_samples // a),
+                      max(1, remaining))
             rnd += 1
             nv = n_valid[ids]
             # 1. sampling: s x a x per indices below n_valid (component-major layout)
