@@ -209,3 +209,16 @@ def test_two_process_gloo_training(tiny_h5, tmp_path):
     init = LIFTModel().descriptor.state_dict()
     trained = LIFTModel.load(tmp_path / "model.pt").descriptor.state_dict()
     assert any(not torch.allclose(init[k].float(), trained[k].float()) for k in init)
+
+
+def test_orientation_equivariance_term_adds_to_the_loss(tiny_h5):
+    tr, _ = _datasets(tiny_h5)
+    batch = collate([tr[i] for i in range(8)])
+    torch.manual_seed(0)
+    model = LIFTModel()
+    plain = make_stage("ori", model, PatchGeometry(128, 12.0))(batch, torch.Generator().manual_seed(3))
+    eq = make_stage("ori", model, PatchGeometry(128, 12.0), equivariance_weight=2.0)(
+        batch, torch.Generator().manual_seed(3))
+    assert 0.0 < eq["equivariance"].item() <= 2.0
+    assert eq["loss"].item() == pytest.approx(plain["loss"].item() + 2 * eq["equivariance"].item(),
+                                              rel=1e-5)

@@ -70,9 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--jitter-ori", type=float, default=0.1, help="desc crop angle, +- radians")
     g.add_argument("--angle-weight", type=float, default=0.5,
                    help="ori stage: weight of the supervised relative-angle term")
+    g.add_argument("--equivariance-weight", type=float, default=0.0,
+                   help="ori stage: weight of the same-patch rotation-equivariance term")
     g.add_argument("--class-weight", type=float, default=1.0, help="det/joint classification")
     g.add_argument("--pair-weight", type=float, default=1.0, help="det pair loss")
     g.add_argument("--det-crop", type=int, default=3, help="central detector window, +- cells")
+    g.add_argument("--scale-weight", type=float, default=0.0,
+                   help="det/joint scale-selection hinge (0 = LIFT's original losses)")
     g.add_argument("--export", default=None, help="also write the weights to this path")
     g.add_argument("--export-which", choices=("best", "last"), default="best")
     return p
@@ -102,11 +106,15 @@ def train(args: argparse.Namespace) -> Path:
                        jitter_scale=args.jitter_scale, jitter_ori=args.jitter_ori,
                        margin=args.margin, det_crop=args.det_crop,
                        angle_weight=args.angle_weight, pair_weight=args.pair_weight,
-                       class_weight=args.class_weight)
+                       class_weight=args.class_weight,
+                       equivariance_weight=args.equivariance_weight,
+                       scale_weight=args.scale_weight)
     extra = {"data": [Path(d).name for d in args.data], "init": args.init and Path(args.init).name,
              "options": {k: getattr(args, k) for k in ("margin", "jitter_xy", "jitter_scale",
-                                                       "jitter_ori", "angle_weight", "class_weight",
-                                                       "pair_weight", "det_crop")}}
+                                                       "jitter_ori", "angle_weight", "equivariance_weight",
+                                                       "class_weight",
+                                                       "pair_weight", "det_crop",
+                                                       "scale_weight")}}
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       lr_end=args.lr_end, weight_decay=args.weight_decay, seed=args.seed,
                       ckpt_every=args.ckpt_every, val_every=args.val_every,

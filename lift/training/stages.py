@@ -14,7 +14,9 @@ inference geometry.
 * ``ori``: P1/P2 input cut upright in a randomly rotated frame (full-circle rotation
   augmentation), orientation predicted, descriptor (frozen) cut at the predicted angle; loss =
   descriptor distance (LIFT), plus optionally ``angle_weight * (1 - cos(err))`` on the relative
-  angle between the two views, whose ground truth is the difference of the stored orientations.
+  angle between the two views, whose ground truth is the difference of the stored orientations,
+  and optionally ``equivariance_weight * chord(err)`` between the absolute angles predicted for
+  the same patch seen in two random frames (exact rotation consistency, what rotated photos need).
 * ``det``: detector scores on the stored patches resized as at inference; classification hinge
   over P1..P4 patch scores (soft maximum of the central score window) + pair loss: the
   descriptor distance of P1/P2 cut at their soft-argmax locations and predicted orientations
@@ -30,6 +32,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..glue import soft_argmax, soft_max_score
 from ..model import LIFTModel
@@ -58,7 +61,13 @@ class Stage(nn.Module):
             and soft-argmax; cells are ~1 sigma for the shipped detector.
         beta: soft-argmax / soft-max strength (LIFT: 10).
         angle_weight: weight of the supervised relative-angle term of the ``ori`` stage.
+        equivariance_weight: weight of the ``ori`` stage's rotation-equivariance term: each
+            patch seen in a second random frame must get the same absolute angle.
         pair_weight, class_weight: detector loss weights.
+        scale_weight: weight of the detector's scale-selection term (:meth:`Stage.scale_loss`):
+            LIFT trains the detector at the keypoint's own scale only, which leaves the
+            runtime's arg-max over scales unconstrained; this hinge makes the response at the
+            keypoint peak at its (SIFT, hence covariant) scale.
     """
 
     name = "base"
@@ -67,13 +76,15 @@ class Stage(nn.Module):
     def __init__(self, model: LIFTModel, geom: PatchGeometry, jitter_xy: float = 0.15,
                  jitter_scale: float = 0.1, jitter_ori: float = 0.1, margin: float = 1.0,
                  det_crop: int = 3, beta: float = 10.0, angle_weight: float = 0.5,
-                 pair_weight: float = 1.0, class_weight: float = 1.0):
+                 pair_weight: float = 1.0, class_weight: float = 1.0,
+                 equivariance_weight: float = 0.0, scale_weight: float = 0.0):
         super().__init__()
         self.model, self.geom = model, geom
         self.jitter_xy, self.jitter_scale, self.jitter_ori = jitter_xy, jitter_scale, jitter_ori
         self.margin, self.det_crop, self.beta = margin, det_crop, beta
-        self.angle_weight = angle_weight
+        self.angle_weight, self.equivariance_weight = angle_weight, equivariance_weight
         self.pair_weight, self.class_weight = pair_weight, class_weight
+        self.scale_weight = scale_weight
         for net in ("detector", "orientation", "descriptor"):
             getattr(model, net).requires_grad_(net in self.trains)
         self.train()  # frozen networks (and their batch-norm statistics) stay in eval mode
@@ -134,6 +145,31 @@ class Stage(nn.Module):
         xy = soft_argmax(window, self.beta)
         return score, origin + xy * cell - self.geom.centre
 
+    def scale_loss(self, patches: torch.Tensor,
+                   mults: Tuple[float, ...] = (2 ** -0.5, 2 ** -0.25, 2 ** 0.25, 2 ** 0.5)
+                   ) -> torch.Tensor:
+        """Scale selection: the detector response at the keypoint (the patch centre) for the
+        keypoint's own sigma must beat the response for sigma * m by ``2 |log2 m|`` (hinge),
+        for each multiplier m. The detector sees the patch resized exactly as the runtime
+        resizes the image for the scale sigma * m. ``patches``: ``N x 1 x S x S`` keypoint
+        patches. Returns the mean hinge."""
+        det = self.model.detector
+
+        def centre_response(m: float) -> torch.Tensor:
+            f = det.px_per_sigma / (self.geom.sigma * m)
+            side = int(round(self.geom.size * f))
+            inp = F.interpolate(patches, size=(side, side), mode="bilinear", align_corners=False,
+                                antialias=f < 1)
+            smap = det(inp)  # N x 1 x h x h, cell j = input pixel j + border
+            h = smap.shape[-1]
+            pos = (self.geom.centre + 0.5) * side / self.geom.size - 0.5 - det.border
+            g = torch.full((len(patches), 1, 1, 2), (2 * pos + 1) / h - 1, dtype=smap.dtype)
+            return F.grid_sample(smap, g, mode="bilinear", align_corners=False)[:, 0, 0, 0]
+
+        own = centre_response(1.0)
+        terms = [F.relu(2 * abs(math.log2(m)) - own + centre_response(m)) for m in mults]
+        return torch.stack(terms).mean()
+
     def classify(self, batch):
         """Detector on all K patches of the batch. Returns ``x`` (``K B x 1 x S x S``, rows P1
         of every item, then P2, P3, P4), ``B``, patch scores and soft-argmax offsets (``K B``),
@@ -186,6 +222,13 @@ class OrientationStage(Stage):
         err = angle_difference(theta[b:] - theta[:b], gt[b:] - gt[:b])
         out["angle"] = (1.0 - torch.cos(err)).mean()
         out["loss"] = out["desc_dist"] + self.angle_weight * out["angle"]
+        if self.equivariance_weight > 0:
+            # the same patches seen in other random frames must get the same absolute angle;
+            # chord distance 2|sin(e/2)|: a gradient of constant size down to small errors
+            other = self.orient(pyr, None, _uniform(gen, len(x), -math.pi, math.pi))
+            eq = 2.0 * torch.sin(angle_difference(other, theta) / 2).abs()
+            out["equivariance"] = eq.mean()
+            out["loss"] = out["loss"] + self.equivariance_weight * out["equivariance"]
         out["err_deg"] = err.detach().abs().median() * 180.0 / math.pi
         out["desc_dist"] = out["desc_dist"].detach()
         return out
@@ -203,9 +246,15 @@ class DetectorStage(Stage):
         d = self.describe(pyr, off[:2 * b], ori)
         pair = descriptor_pair_distance(d[:b], d[b:]).mean()
         loss = self.class_weight * cls + self.pair_weight * pair
-        return {"loss": loss, "cls": cls.detach(), "pair": pair.detach(),
-                "score_kp": score[is_kp].mean().detach(),
-                "score_neg": score[~is_kp].mean().detach() if k > 3 else score.new_zeros(())}
+        out = {"cls": cls.detach(), "pair": pair.detach(),
+               "score_kp": score[is_kp].mean().detach(),
+               "score_neg": score[~is_kp].mean().detach() if k > 3 else score.new_zeros(())}
+        if self.scale_weight > 0:
+            scale = self.scale_loss(x[is_kp])
+            loss = loss + self.scale_weight * scale
+            out["scale"] = scale.detach()
+        out["loss"] = loss
+        return out
 
 
 class JointStage(Stage):
@@ -219,8 +268,14 @@ class JointStage(Stage):
         d = self.describe(pyr, off[:2 * b], ori)
         desc = hardest_negative_loss(d[:b], d[b:], self.margin, labels=batch["track"][:, 0])
         loss = self.class_weight * cls + desc["loss"]
-        return {"loss": loss, "cls": cls.detach(), "desc": desc["loss"].detach(),
-                "pos": desc["pos"], "neg": desc["neg"]}
+        out = {"cls": cls.detach(), "desc": desc["loss"].detach(),
+               "pos": desc["pos"], "neg": desc["neg"]}
+        if self.scale_weight > 0:
+            scale = self.scale_loss(x[is_kp])
+            loss = loss + self.scale_weight * scale
+            out["scale"] = scale.detach()
+        out["loss"] = loss
+        return out
 
 
 STAGES = {s.name: s for s in (DescriptorStage, OrientationStage, DetectorStage, JointStage)}
