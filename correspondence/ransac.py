@@ -595,7 +595,8 @@ def _essential(src, dst, K0, K1, threshold, confidence, max_iters, weights, mask
     if threshold is None:
         threshold = 1.0 if K0 is not None else 1e-3
     est = RobustEstimator(ESSENTIAL, threshold, confidence, max_iters, seed=seed,
-                          **{"round_samples": 4096, "lo_rounds": 4, "lo_inner_factor": 2.0, **options})
+                          **{"round_samples": 4096, "lo_rounds": 4, "lo_inner_factor": 2.0, "lo_samples": 16,
+                             "lo_sample_factor": 2, **options})
     E, inl, _ = est(c0, c1, valid, w, s0, s1)
     return E, inl, c0, c1, batched
 
