@@ -207,7 +207,7 @@ def main(argv=None) -> Path:
     ori = orientation_benchmark(model, args.rot_folder) if args.rot_folder.is_dir() else None
     lines = ["# Patch-level benchmarks: LIFT vs SIFT", "",
              f"Model: `{args.model}`. Command: `python tools/bench_patches.py "
-             f"--model {args.model} --data {' '.join(args.data)}`. "
+             f"--model {args.model} --data {' '.join(args.data)} --max-items {args.max_items}`. "
              f"Run time {time.time() - t0:.0f} s (CPU).", "",
              "## Patch verification, FPR95 (lower is better)", "",
              "Held-out tracks; positives = two views of one track, negatives = a view of a random "

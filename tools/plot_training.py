@@ -3,7 +3,7 @@
     python tools/plot_training.py runs/train lift/weights
 
 Reads ``<run>/log.csv`` and ``<run>/val.jsonl`` of the stage runs (``desc_a``, ``desc``, ``ori``,
-``det``, ``joint``, in that order, missing ones skipped) and writes into the output folder:
+``det``, ``joint``, ``det2``, ``det3``, ``ori2``, in that order, missing ones skipped) and writes into the output folder:
 ``training_log.csv`` (training loss every 50 steps and every validation, one row per (stage,
 step)), ``training_curves.png`` (loss and validation metrics per stage), and returns the PNG path.
 """
@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-RUNS = ("desc_a", "desc", "ori", "det", "joint")
+RUNS = ("desc_a", "desc", "ori", "det", "joint", "det2", "det3", "ori2")
 METRICS = ("fpr95_gt", "fpr95_ori", "ori_err_deg", "fpr95_chain", "det_auc")
 
 
