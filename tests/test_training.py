@@ -222,3 +222,18 @@ def test_orientation_equivariance_term_adds_to_the_loss(tiny_h5):
     assert 0.0 < eq["equivariance"].item() <= 2.0
     assert eq["loss"].item() == pytest.approx(plain["loss"].item() + 2 * eq["equivariance"].item(),
                                               rel=1e-5)
+
+
+def test_rot90_augmentation_turns_each_patch_about_its_centre(tiny_h5):
+    tr, _ = _datasets(tiny_h5)
+    batch = collate([tr[i] for i in range(6)])
+    torch.manual_seed(0)
+    stage = make_stage("det", LIFTModel(), PatchGeometry(128, 12.0), rot90=True)
+    x, b, score, off, is_kp, cls = stage.classify(batch, torch.Generator().manual_seed(5))
+    turns = torch.randint(0, 4, (len(x),), generator=torch.Generator().manual_seed(5))
+    plain = batch["patches"].transpose(0, 1).reshape(len(x), 1, 128, 128)
+    assert (turns > 0).any()
+    for xi, pi, t in zip(x, plain, turns):
+        assert torch.equal(xi, torch.rot90(pi, int(t), dims=(-2, -1)))
+    # without a generator (validation) nothing is turned
+    assert torch.equal(stage.classify(batch)[0], plain)

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ori stage: weight of the supervised relative-angle term")
     g.add_argument("--equivariance-weight", type=float, default=0.0,
                    help="ori stage: weight of the same-patch rotation-equivariance term")
+    g.add_argument("--rot90", action="store_true",
+                   help="det/joint: random quarter-turn augmentation of the patches")
     g.add_argument("--class-weight", type=float, default=1.0, help="det/joint classification")
     g.add_argument("--pair-weight", type=float, default=1.0, help="det pair loss")
     g.add_argument("--det-crop", type=int, default=3, help="central detector window, +- cells")
@@ -108,13 +110,13 @@ def train(args: argparse.Namespace) -> Path:
                        angle_weight=args.angle_weight, pair_weight=args.pair_weight,
                        class_weight=args.class_weight,
                        equivariance_weight=args.equivariance_weight,
-                       scale_weight=args.scale_weight)
+                       scale_weight=args.scale_weight, rot90=args.rot90)
     extra = {"data": [Path(d).name for d in args.data], "init": args.init and Path(args.init).name,
              "options": {k: getattr(args, k) for k in ("margin", "jitter_xy", "jitter_scale",
                                                        "jitter_ori", "angle_weight", "equivariance_weight",
                                                        "class_weight",
                                                        "pair_weight", "det_crop",
-                                                       "scale_weight")}}
+                                                       "scale_weight", "rot90")}}
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       lr_end=args.lr_end, weight_decay=args.weight_decay, seed=args.seed,
                       ckpt_every=args.ckpt_every, val_every=args.val_every,

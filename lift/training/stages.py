@@ -64,6 +64,8 @@ class Stage(nn.Module):
         equivariance_weight: weight of the ``ori`` stage's rotation-equivariance term: each
             patch seen in a second random frame must get the same absolute angle.
         pair_weight, class_weight: detector loss weights.
+        rot90: det/joint: turn every patch by a random multiple of 90 degrees (the detector is
+            a plain convolution, not rotation invariant by construction).
         scale_weight: weight of the detector's scale-selection term (:meth:`Stage.scale_loss`):
             LIFT trains the detector at the keypoint's own scale only, which leaves the
             runtime's arg-max over scales unconstrained; this hinge makes the response at the
@@ -77,14 +79,15 @@ class Stage(nn.Module):
                  jitter_scale: float = 0.1, jitter_ori: float = 0.1, margin: float = 1.0,
                  det_crop: int = 3, beta: float = 10.0, angle_weight: float = 0.5,
                  pair_weight: float = 1.0, class_weight: float = 1.0,
-                 equivariance_weight: float = 0.0, scale_weight: float = 0.0):
+                 equivariance_weight: float = 0.0, scale_weight: float = 0.0,
+                 rot90: bool = False):
         super().__init__()
         self.model, self.geom = model, geom
         self.jitter_xy, self.jitter_scale, self.jitter_ori = jitter_xy, jitter_scale, jitter_ori
         self.margin, self.det_crop, self.beta = margin, det_crop, beta
         self.angle_weight, self.equivariance_weight = angle_weight, equivariance_weight
         self.pair_weight, self.class_weight = pair_weight, class_weight
-        self.scale_weight = scale_weight
+        self.scale_weight, self.rot90 = scale_weight, bool(rot90)
         for net in ("detector", "orientation", "descriptor"):
             getattr(model, net).requires_grad_(net in self.trains)
         self.train()  # frozen networks (and their batch-norm statistics) stay in eval mode
@@ -170,13 +173,20 @@ class Stage(nn.Module):
         terms = [F.relu(2 * abs(math.log2(m)) - own + centre_response(m)) for m in mults]
         return torch.stack(terms).mean()
 
-    def classify(self, batch):
+    def classify(self, batch, gen: Optional[torch.Generator] = None):
         """Detector on all K patches of the batch. Returns ``x`` (``K B x 1 x S x S``, rows P1
         of every item, then P2, P3, P4), ``B``, patch scores and soft-argmax offsets (``K B``),
-        the keypoint mask (P4 rows False) and the classification loss."""
+        the keypoint mask (P4 rows False) and the classification loss. With ``rot90`` each
+        patch is first turned by a random multiple of 90 degrees (drawn from ``gen``)."""
         p = batch["patches"]
         b, k = p.shape[:2]
         x = p.transpose(0, 1).reshape(b * k, *p.shape[2:])
+        if self.rot90 and gen is not None:  # exact quarter-turns about the patch centre
+            turns = torch.randint(0, 4, (len(x),), generator=gen)
+            x = x.clone()
+            for t in range(1, 4):
+                sel = turns == t
+                x[sel] = torch.rot90(x[sel], t, dims=(-2, -1))
         score, off = self.detect(x)
         is_kp = torch.ones(b * k, dtype=torch.bool)
         if k > 3:
@@ -238,7 +248,7 @@ class DetectorStage(Stage):
     name, trains = "det", ("detector",)
 
     def forward(self, batch, gen=None):
-        x, b, score, off, is_kp, cls = self.classify(batch)
+        x, b, score, off, is_kp, cls = self.classify(batch, gen)
         k = len(x) // b
         pairs = x[:2 * b]
         pyr = self.pyramid(pairs)
@@ -261,7 +271,7 @@ class JointStage(Stage):
     name, trains = "joint", ("detector", "descriptor")
 
     def forward(self, batch, gen=None):
-        x, b, score, off, is_kp, cls = self.classify(batch)
+        x, b, score, off, is_kp, cls = self.classify(batch, gen)
         pairs = x[:2 * b]
         pyr = self.pyramid(pairs)
         ori = self.orient(pyr, off[:2 * b]).detach()
