@@ -23,10 +23,10 @@ from typing import Optional, Tuple
 
 import torch
 
-from .geometry import epipolar_rows, weighted_nullvector
+from .geometry import epipolar_rows, skew, weighted_nullvector
 
 __all__ = ["fundamental_7pt", "fundamental_fit", "essential_5pt", "essential_fit", "sampson_error_rows",
-           "solve_cubic", "decompose_essential", "recover_pose"]
+           "solve_cubic", "decompose_essential", "recover_pose", "refine_pose"]
 
 
 def _null_space(x0: torch.Tensor, x1: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -114,13 +114,34 @@ def _rank2(F: torch.Tensor) -> torch.Tensor:
     return U @ torch.diag_embed(S) @ Vh
 
 
+def _sampson_reweight(x0: torch.Tensor, x1: torch.Tensor, weights: torch.Tensor,
+                      init: Optional[torch.Tensor]) -> torch.Tensor:
+    """Weights divided by the squared gradient norm of the epipolar constraint under ``init``
+    (``G x 3 x 3``), so that the weighted algebraic fit minimises (to first order) the Sampson
+    error instead of the algebraic one: repeated, as in IRLS, it converges to a far more
+    accurate model than the plain 8-point fit."""
+    if init is None:
+        return weights
+    F = init.reshape(-1, 3, 3).to(x0.dtype).expand(x0.shape[0], 3, 3)
+    p0 = torch.cat([x0, torch.ones_like(x0[..., :1])], -1)
+    p1 = torch.cat([x1, torch.ones_like(x1[..., :1])], -1)
+    l1 = p0 @ F.transpose(1, 2)  # F x0
+    l0 = p1 @ F  # F^T x1
+    den = l1[..., :2].square().sum(-1) + l0[..., :2].square().sum(-1)
+    den = den.clamp_min(1e-8 * den.mean(1, keepdim=True).clamp_min(1e-300))
+    w = weights / den
+    return torch.where(torch.isfinite(w), w, torch.zeros_like(w))
+
+
 def fundamental_fit(x0: torch.Tensor, x1: torch.Tensor, weights: Optional[torch.Tensor] = None,
                     init: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Weighted 8-point: ``G x P x 2`` normalised points, ``G x P`` weights -> ``G x 3 x 3`` rank-2 F.
-    ``init``: optional ``G x 3 x 3`` starting model (inverse iteration instead of ``eigh``)."""
+    ``init``: optional ``G x 3 x 3`` current model: the weights are then Sampson-normalised by it
+    and the eigenvector found by inverse iteration from it."""
     if weights is None:
         weights = torch.ones(x0.shape[:2], dtype=x0.dtype, device=x0.device)
     h0 = None if init is None else init.reshape(-1, 9).expand(x0.shape[0], 9)
+    weights = _sampson_reweight(x0, x1, weights, init)
     f = weighted_nullvector(epipolar_rows(x0, x1), weights, h0).reshape(-1, 3, 3)
     F = _rank2(f.double())
     return (F / F.flatten(1).norm(dim=1).clamp_min(1e-300)[:, None, None]).to(x0.dtype)
@@ -129,10 +150,12 @@ def fundamental_fit(x0: torch.Tensor, x1: torch.Tensor, weights: Optional[torch.
 def essential_fit(x0: torch.Tensor, x1: torch.Tensor, weights: Optional[torch.Tensor] = None,
                   init: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Weighted 8-point on calibrated points, projected to singular values (1, 1, 0): ``G x 3 x 3``.
-    ``init``: optional ``G x 3 x 3`` starting model (inverse iteration instead of ``eigh``)."""
+    ``init``: optional ``G x 3 x 3`` current model: the weights are then Sampson-normalised by it
+    and the eigenvector found by inverse iteration from it."""
     if weights is None:
         weights = torch.ones(x0.shape[:2], dtype=x0.dtype, device=x0.device)
     h0 = None if init is None else init.reshape(-1, 9).expand(x0.shape[0], 9)
+    weights = _sampson_reweight(x0, x1, weights, init)
     e = weighted_nullvector(epipolar_rows(x0, x1), weights, h0).reshape(-1, 3, 3).double()
     U, _, Vh = torch.linalg.svd(e)
     S = torch.tensor([1.0, 1.0, 0.0], dtype=e.dtype, device=e.device)
@@ -293,3 +316,84 @@ def recover_pose(E: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, mask: torc
     best = front.sum(-1).argmax(1)
     ar = torch.arange(E.shape[0], device=E.device)
     return R[ar, best], t[ar, best], front[ar, best]
+
+
+def _so3_exp(w: torch.Tensor) -> torch.Tensor:
+    """``... x 3`` rotation vectors -> ``... x 3 x 3`` rotations (Rodrigues)."""
+    theta = w.norm(dim=-1, keepdim=True)[..., None]
+    K = skew(w)
+    small = theta < 1e-12
+    st = torch.where(small, torch.ones_like(theta), theta)
+    a = torch.where(small, torch.ones_like(theta), torch.sin(st) / st)
+    b = torch.where(small, torch.full_like(theta, 0.5), (1 - torch.cos(st)) / (st * st))
+    eye = torch.eye(3, dtype=w.dtype, device=w.device).expand_as(K)
+    return eye + a * K + b * (K @ K)
+
+
+def refine_pose(R: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, valid: torch.Tensor,
+                threshold: torch.Tensor, iters: int = 10) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Robust Gauss-Newton refinement of relative poses on the Sampson error (batched).
+
+    Minimises ``sum_i rho(d_i)`` over ``(R, t)`` (``|t| = 1``), ``d_i`` the Sampson distance of
+    ``E = [t]_x R``, ``rho`` the Cauchy loss with scale ``threshold``, by Gauss-Newton on the
+    5-dimensional manifold (``R <- R exp(dw)``, ``t`` moved in its tangent plane) with a
+    numerical Jacobian; a step is kept only where it lowers the cost (else the damping grows).
+
+    Args:
+        R: ``B x 3 x 3``. t: ``B x 3`` unit. x0, x1: ``B x N x 2`` calibrated coordinates.
+        valid: ``B x N`` matches to use (e.g. the inliers). threshold: ``B`` Cauchy scale in the
+            calibrated units of the Sampson distance. iters: Gauss-Newton steps.
+
+    Returns:
+        refined ``(R, t)`` in float64 (cast back to the input dtype).
+    """
+    dt = R.dtype
+    R, t = R.double(), t.double()
+    p0 = torch.cat([x0.double(), torch.ones_like(x0[..., :1]).double()], -1).transpose(1, 2)  # B x 3 x N
+    p1 = torch.cat([x1.double(), torch.ones_like(x1[..., :1]).double()], -1).transpose(1, 2)
+    w = valid.double()
+    c2 = (threshold.double() ** 2)[:, None]
+
+    def residuals(Rs, ts):  # B x K x 3 x 3, B x K x 3 -> signed Sampson distances B x K x N
+        E = skew(ts) @ Rs
+        l1 = (E.flatten(1, 2) @ p0).view(*E.shape[:2], 3, -1)
+        l0 = (E.transpose(-1, -2).flatten(1, 2) @ p1).view(*E.shape[:2], 3, -1)
+        r = (l1 * p1[:, None]).sum(2)
+        den = l1[:, :, :2].square().sum(2) + l0[:, :, :2].square().sum(2)
+        return r / den.clamp_min(1e-300).sqrt()
+
+    def cost(res):
+        return (torch.log1p(res.square() / c2[:, None]) * w[:, None]).sum(-1)
+
+    eye5 = torch.eye(5, dtype=R.dtype, device=R.device)
+    lam = torch.full((R.shape[0],), 1e-4, dtype=R.dtype, device=R.device)
+    h = 1e-6
+    for _ in range(iters):
+        # tangent basis of the translation sphere: two unit vectors orthogonal to t
+        a = torch.where((t[:, :1].abs() < 0.9), torch.tensor([1.0, 0, 0], dtype=t.dtype, device=t.device),
+                        torch.tensor([0, 1.0, 0], dtype=t.dtype, device=t.device))
+        b1 = torch.linalg.cross(t, a)
+        b1 = b1 / b1.norm(dim=-1, keepdim=True)
+        b2 = torch.linalg.cross(t, b1)
+        dR = _so3_exp(h * torch.eye(3, dtype=R.dtype, device=R.device))  # 3 x 3 x 3
+        Rk = torch.cat([R[:, None], R[:, None] @ dR], 1)[:, [0, 1, 2, 3, 0, 0]]  # B x 6 x 3 x 3
+        tk = torch.stack([t, t, t, t, t + h * b1, t + h * b2], 1)
+        res = residuals(Rk, tk)  # B x 6 x N
+        r0 = res[:, 0]
+        J = (res[:, 1:] - r0[:, None]) / h  # B x 5 x N
+        wr = w / (1 + r0.square() / c2)  # Cauchy IRLS weights
+        H = (J * wr[:, None]) @ J.transpose(1, 2)
+        g = (J * wr[:, None]) @ r0[..., None]
+        Hd = H + lam[:, None, None] * (H.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * eye5 + 1e-12 * eye5)
+        delta = -torch.linalg.solve_ex(Hd, g)[0][..., 0]  # B x 5
+        delta = torch.nan_to_num(delta)
+        Rn = R @ _so3_exp(delta[:, :3])
+        tn = t + delta[:, 3:4] * b1 + delta[:, 4:5] * b2
+        tn = tn / tn.norm(dim=-1, keepdim=True)
+        c_old = cost(r0[:, None])[:, 0]
+        c_new = cost(residuals(Rn[:, None], tn[:, None]))[:, 0]
+        better = c_new < c_old
+        R = torch.where(better[:, None, None], Rn, R)
+        t = torch.where(better[:, None], tn, t)
+        lam = torch.where(better, lam * 0.1, lam * 10).clamp(1e-8, 1e4)
+    return R.to(dt), t.to(dt)

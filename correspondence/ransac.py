@@ -53,8 +53,8 @@ import numpy as np
 import torch
 
 from .geometry import (ArrayLike, apply_similarity, as_points, batch_correspondences, homogeneous_rows,
-                       normalizing_transform)
-from .epipolar import (essential_5pt, essential_fit, fundamental_7pt, fundamental_fit, recover_pose,
+                       normalizing_transform, skew)
+from .epipolar import (essential_5pt, essential_fit, fundamental_7pt, fundamental_fit, recover_pose, refine_pose,
                        sampson_error_rows)
 from .homography import homography_degenerate_soa, homography_dlt, homography_minimal_soa, transfer_error_rows
 
@@ -598,7 +598,7 @@ def _essential(src, dst, K0, K1, threshold, confidence, max_iters, weights, mask
                           **{"round_samples": 4096, "lo_rounds": 4, "lo_inner_factor": 2.0, "lo_samples": 16,
                              "lo_sample_factor": 2, **options})
     E, inl, _ = est(c0, c1, valid, w, s0, s1)
-    return E, inl, c0, c1, batched
+    return E, inl, c0, c1, batched, (threshold, s0, s1, valid)
 
 
 def find_essential(src: ArrayLike, dst: ArrayLike, K0: Optional[ArrayLike] = None,
@@ -621,8 +621,8 @@ def find_essential(src: ArrayLike, dst: ArrayLike, K0: Optional[ArrayLike] = Non
         (unit Frobenius norm), and masks. No model: NaN ``E``, all-False mask.
     """
     as_numpy = _is_numpy(src, dst)
-    E, inl, _, _, batched = _essential(src, dst, K0, K1, threshold, confidence, max_iters, weights, mask,
-                                       seed, device, options)
+    E, inl, _, _, batched, _ = _essential(src, dst, K0, K1, threshold, confidence, max_iters, weights, mask,
+                                          seed, device, options)
     return _output(E, inl, batched, as_numpy)
 
 
@@ -630,13 +630,15 @@ def estimate_relative_pose(kpts0: ArrayLike, kpts1: ArrayLike, K0: Optional[Arra
                            K1: Optional[ArrayLike] = None, threshold: Optional[float] = None,
                            confidence: float = 0.999, max_iters: int = 10_000,
                            weights: Optional[ArrayLike] = None, mask: Optional[ArrayLike] = None,
-                           seed: Optional[int] = 0, device=None, **options):
+                           seed: Optional[int] = 0, device=None, refine_iters: int = 30, **options):
     """Relative pose ``X1 = R X0 + t`` from matches (``findEssentialMat`` + ``recoverPose``).
 
     Runs :func:`find_essential`, decomposes E into its 4 poses and keeps the one with most
-    inliers triangulated in front of both cameras (cheirality).
+    inliers triangulated in front of both cameras (cheirality), then refines ``(R, t)`` by
+    ``refine_iters`` robust Gauss-Newton steps on the Sampson error of those inliers
+    (:func:`correspondence.epipolar.refine_pose`), kept where it scores higher.
 
-    Args: as :func:`find_essential`.
+    Args: as :func:`find_essential`; ``refine_iters=0`` skips the refinement.
 
     Returns:
         ``(R, t, inlier_mask)``: ``3 x 3`` / ``B x 3 x 3`` rotations, ``3`` / ``B x 3`` unit
@@ -644,11 +646,22 @@ def estimate_relative_pose(kpts0: ArrayLike, kpts1: ArrayLike, K0: Optional[Arra
         NaN ``R`` and ``t``, all-False mask.
     """
     as_numpy = _is_numpy(kpts0, kpts1)
-    E, inl, c0, c1, batched = _essential(kpts0, kpts1, K0, K1, threshold, confidence, max_iters, weights,
-                                         mask, seed, device, options)
+    E, inl, c0, c1, batched, (thr, s0, s1, valid) = _essential(kpts0, kpts1, K0, K1, threshold, confidence, max_iters,
+                                                       weights, mask, seed, device, options)
     ok = torch.isfinite(E).flatten(1).all(1)
     Es = torch.where(ok[:, None, None], E, torch.eye(3, dtype=E.dtype, device=E.device).expand_as(E))
     R, t, front = recover_pose(Es, c0, c1, inl)
+    if refine_iters > 0:
+        # robust Gauss-Newton on (R, t), kept per problem where it scores higher (MSAC)
+        Rr, tr = refine_pose(R, t, c0, c1, valid, thr * (s0 + s1) / 2, iters=refine_iters)
+        Er = skew(tr) @ Rr
+        errs = sampson_error_rows(torch.stack([Es, Er], 1), homogeneous_rows(c0), homogeneous_rows(c1), s0, s1)
+        errs = errs.masked_fill(~valid[:, None], float("inf"))
+        gain = (thr ** 2 - errs).clamp_min(0).sum(-1)
+        use = ok & torch.isfinite(Er).flatten(1).all(1) & (gain[:, 1] > gain[:, 0])
+        if bool(use.any()):
+            R, t, front = recover_pose(torch.where(use[:, None, None], Er, Es), c0, c1,
+                                       torch.where(use[:, None], errs[:, 1] < thr ** 2, inl))
     ok = ok & (front.sum(1) > 0)
     R = torch.where(ok[:, None, None], R, torch.full_like(R, float("nan")))
     t = torch.where(ok[:, None], t, torch.full_like(t, float("nan")))
