@@ -6,7 +6,8 @@ as ``cv2.recoverPose``).
 
 * :func:`fundamental_7pt`: the 2-dimensional null space of the 7 x 9 system, then the real roots
   of the cubic ``det(a F1 + (1 - a) F2) = 0`` in closed form: up to 3 models per sample.
-* :func:`fundamental_fit`: weighted (normalised) 8-point with rank-2 projection.
+* :func:`fundamental_fit`: weighted (normalised) 8-point with rank-2 projection (Sampson-reweighted
+  when given the current model).
 * :func:`essential_5pt`: 5-point solver: 4-dimensional null space, the 10 cubic constraints
   (``det E = 0`` and ``2 E E^T E - tr(E E^T) E = 0``), Gauss-Jordan (one batched solve) and the
   eigen-decomposition of the 10 x 10 action matrix of ``x`` (Stewenius et al. 2006): up to 10
@@ -14,6 +15,7 @@ as ``cv2.recoverPose``).
 * :func:`essential_fit`: weighted 8-point projected on the essential manifold.
 * :func:`sampson_error_rows`: squared Sampson distances of many hypotheses (batched products).
 * :func:`decompose_essential`, :func:`recover_pose`: the 4 (R, t) candidates and cheirality.
+* :func:`refine_pose`: robust (Cauchy) Gauss-Newton on the Sampson error over (R, t).
 """
 from __future__ import annotations
 
