@@ -110,6 +110,9 @@ class LIFTModel(nn.Module):
             state = {k: ({n: t.detach().cpu() for n, t in v.items()} if k in
                          ("detector", "orientation", "descriptor") else v) for k, v in state.items()}
             torch.save(state, tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
