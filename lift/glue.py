@@ -140,17 +140,15 @@ def extract_patches(image: torch.Tensor, keypoints: torch.Tensor, scales: torch.
 
 
 def blur_downsample(image: torch.Tensor) -> torch.Tensor:
-    """Halve ``B x C x H x W`` with a [1, 4, 6, 4, 1]/16 Gaussian (OpenCV ``pyrDown`` filter);
-    pixel centres follow the convention ``x_half = (x + 0.5) / 2 - 0.5``."""
-    k1 = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=image.dtype, device=image.device) / 16
-    b, c, h, w = image.shape
-    x = image.reshape(b * c, 1, h, w)
-    x = F.pad(x, (2, 2, 2, 2), mode="replicate")
-    x = F.conv2d(x, k1.view(1, 1, 1, 5))
-    x = F.conv2d(x, k1.view(1, 1, 5, 1))
-    # box-phase decimation: average the two phases so pixel (i) of the half image sits at 2i+0.5
-    x = F.avg_pool2d(x, 2, ceil_mode=True)
-    return x.reshape(b, c, x.shape[-2], x.shape[-1])
+    """Halve ``B x C x H x W`` with a [1, 4, 6, 4, 1]/16 Gaussian (OpenCV ``pyrDown`` filter,
+    replicate border) and 2 x 2 box decimation, so that pixel centres follow
+    ``x_half = (x + 0.5) / 2 - 0.5``. Written as shifted sums: single-channel convolutions are
+    ~20x slower on CPU for large batches of patches."""
+    x = F.pad(image, (2, 2, 2, 2), mode="replicate")
+    x = (x[..., :-4] + x[..., 4:] + 4.0 * (x[..., 1:-3] + x[..., 3:-1]) + 6.0 * x[..., 2:-2]) / 16
+    x = (x[..., :-4, :] + x[..., 4:, :] + 4.0 * (x[..., 1:-3, :] + x[..., 3:-1, :])
+         + 6.0 * x[..., 2:-2, :]) / 16
+    return F.avg_pool2d(x, 2, ceil_mode=True)
 
 
 def build_pyramid(image: torch.Tensor, num_levels: int) -> List[torch.Tensor]:

@@ -45,8 +45,17 @@ def _stage(name, init=None):
 
 # ---------------------------------------------------------------------------- geometry
 def test_half_image_equals_runtime_pyramid_step():
+    """Both are the [1, 4, 6, 4, 1]/16 Gaussian (replicate border) + 2 x 2 box decimation,
+    checked against a direct separable-convolution implementation."""
+    import torch.nn.functional as F
+
     x = torch.rand(3, 1, 37, 50)
-    assert torch.allclose(half_image(x), blur_downsample(x), atol=1e-6)
+    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
+    ref = F.pad(x, (2, 2, 2, 2), mode="replicate")
+    ref = F.conv2d(F.conv2d(ref, k.view(1, 1, 1, 5)), k.view(1, 1, 5, 1))
+    ref = F.avg_pool2d(ref, 2, ceil_mode=True)
+    assert torch.allclose(blur_downsample(x), ref, atol=1e-6)
+    assert torch.allclose(half_image(x), ref, atol=1e-6)
 
 
 def test_training_crop_reproduces_inference_crop(photo):

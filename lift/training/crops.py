@@ -24,21 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from ..features import DESCRIPTOR_SUPPORT
-from ..glue import patch_affine
+from ..glue import blur_downsample, patch_affine
 
 __all__ = ["PatchGeometry", "crop_patches", "detector_input", "score_offsets", "half_image"]
 
 
 def half_image(image: torch.Tensor) -> torch.Tensor:
-    """:func:`lift.glue.blur_downsample` (the runtime's pyramid step: [1, 4, 6, 4, 1] / 16 Gaussian
-    with replicate border, then 2 x 2 box decimation) written with shifted sums instead of
-    single-channel convolutions, which are ~20x slower on CPU for large patch batches. Same
-    result to float rounding (checked in the tests)."""
-    x = F.pad(image, (2, 2, 2, 2), mode="replicate")
-    x = (x[..., :-4] + x[..., 4:] + 4.0 * (x[..., 1:-3] + x[..., 3:-1]) + 6.0 * x[..., 2:-2]) / 16
-    x = (x[..., :-4, :] + x[..., 4:, :] + 4.0 * (x[..., 1:-3, :] + x[..., 3:-1, :])
-         + 6.0 * x[..., 2:-2, :]) / 16
-    return F.avg_pool2d(x, 2, ceil_mode=True)
+    """The runtime's pyramid step, :func:`lift.glue.blur_downsample` (kept under this name for
+    the training code)."""
+    return blur_downsample(image)
 
 
 class PatchGeometry:

@@ -173,6 +173,16 @@ class Stage(nn.Module):
         terms = [F.relu(2 * abs(math.log2(m)) - own + centre_response(m)) for m in mults]
         return torch.stack(terms).mean()
 
+    def _finish(self, loss: torch.Tensor, out: Dict[str, torch.Tensor],
+                keypoint_patches: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Add the scale-selection term (when ``scale_weight`` > 0) and the total ``loss``."""
+        if self.scale_weight > 0:
+            scale = self.scale_loss(keypoint_patches)
+            loss = loss + self.scale_weight * scale
+            out["scale"] = scale.detach()
+        out["loss"] = loss
+        return out
+
     def classify(self, batch, gen: Optional[torch.Generator] = None):
         """Detector on all K patches of the batch. Returns ``x`` (``K B x 1 x S x S``, rows P1
         of every item, then P2, P3, P4), ``B``, patch scores and soft-argmax offsets (``K B``),
@@ -259,12 +269,7 @@ class DetectorStage(Stage):
         out = {"cls": cls.detach(), "pair": pair.detach(),
                "score_kp": score[is_kp].mean().detach(),
                "score_neg": score[~is_kp].mean().detach() if k > 3 else score.new_zeros(())}
-        if self.scale_weight > 0:
-            scale = self.scale_loss(x[is_kp])
-            loss = loss + self.scale_weight * scale
-            out["scale"] = scale.detach()
-        out["loss"] = loss
-        return out
+        return self._finish(loss, out, x[is_kp])
 
 
 class JointStage(Stage):
@@ -280,12 +285,7 @@ class JointStage(Stage):
         loss = self.class_weight * cls + desc["loss"]
         out = {"cls": cls.detach(), "desc": desc["loss"].detach(),
                "pos": desc["pos"], "neg": desc["neg"]}
-        if self.scale_weight > 0:
-            scale = self.scale_loss(x[is_kp])
-            loss = loss + self.scale_weight * scale
-            out["scale"] = scale.detach()
-        out["loss"] = loss
-        return out
+        return self._finish(loss, out, x[is_kp])
 
 
 STAGES = {s.name: s for s in (DescriptorStage, OrientationStage, DetectorStage, JointStage)}
