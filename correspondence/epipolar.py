@@ -135,17 +135,22 @@ def _sampson_reweight(x0: torch.Tensor, x1: torch.Tensor, weights: torch.Tensor,
     return torch.where(torch.isfinite(w), w, torch.zeros_like(w))
 
 
+def _weighted_eight_point(x0, x1, weights, init) -> torch.Tensor:
+    """Shared core of the weighted 8-point fits: ``G x 3 x 3`` null vector of the epipolar rows
+    (Sampson-reweighted and started from ``init`` when a current model is given)."""
+    if weights is None:
+        weights = torch.ones(x0.shape[:2], dtype=x0.dtype, device=x0.device)
+    h0 = None if init is None else init.reshape(-1, 9).expand(x0.shape[0], 9)
+    weights = _sampson_reweight(x0, x1, weights, init)
+    return weighted_nullvector(epipolar_rows(x0, x1), weights, h0).reshape(-1, 3, 3)
+
+
 def fundamental_fit(x0: torch.Tensor, x1: torch.Tensor, weights: Optional[torch.Tensor] = None,
                     init: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Weighted 8-point: ``G x P x 2`` normalised points, ``G x P`` weights -> ``G x 3 x 3`` rank-2 F.
     ``init``: optional ``G x 3 x 3`` current model: the weights are then Sampson-normalised by it
     and the eigenvector found by inverse iteration from it."""
-    if weights is None:
-        weights = torch.ones(x0.shape[:2], dtype=x0.dtype, device=x0.device)
-    h0 = None if init is None else init.reshape(-1, 9).expand(x0.shape[0], 9)
-    weights = _sampson_reweight(x0, x1, weights, init)
-    f = weighted_nullvector(epipolar_rows(x0, x1), weights, h0).reshape(-1, 3, 3)
-    F = _rank2(f.double())
+    F = _rank2(_weighted_eight_point(x0, x1, weights, init).double())
     return (F / F.flatten(1).norm(dim=1).clamp_min(1e-300)[:, None, None]).to(x0.dtype)
 
 
@@ -154,11 +159,7 @@ def essential_fit(x0: torch.Tensor, x1: torch.Tensor, weights: Optional[torch.Te
     """Weighted 8-point on calibrated points, projected to singular values (1, 1, 0): ``G x 3 x 3``.
     ``init``: optional ``G x 3 x 3`` current model: the weights are then Sampson-normalised by it
     and the eigenvector found by inverse iteration from it."""
-    if weights is None:
-        weights = torch.ones(x0.shape[:2], dtype=x0.dtype, device=x0.device)
-    h0 = None if init is None else init.reshape(-1, 9).expand(x0.shape[0], 9)
-    weights = _sampson_reweight(x0, x1, weights, init)
-    e = weighted_nullvector(epipolar_rows(x0, x1), weights, h0).reshape(-1, 3, 3).double()
+    e = _weighted_eight_point(x0, x1, weights, init).double()
     U, _, Vh = torch.linalg.svd(e)
     S = torch.tensor([1.0, 1.0, 0.0], dtype=e.dtype, device=e.device)
     E = U @ torch.diag_embed(S.expand(e.shape[0], 3)) @ Vh
