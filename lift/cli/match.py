@@ -58,14 +58,6 @@ def draw_matches(img0: np.ndarray, img1: np.ndarray, kpts0: np.ndarray, kpts1: n
     return canvas
 
 
-def corner_error(H_est: np.ndarray, H_gt: np.ndarray, size: Tuple[int, int]) -> float:
-    """Mean distance (pixels) between the image corners mapped by two homographies."""
-    w, h = size
-    c = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], float).T
-    p, q = H_est @ c, H_gt @ c
-    return float(np.linalg.norm(p[:2] / p[2] - q[:2] / q[2], axis=0).mean())
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="lift-match", description=__doc__.split("\n")[0])
     parser.add_argument("images", nargs="*", help="two images (default: the built-in sample pair)")
@@ -117,6 +109,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     msg = (f"{len(f0)} + {len(f1)} keypoints, {len(matches)} mutual matches, "
            f"{n_in} {args.geometry} inliers")
     if H_gt is not None and model is not None and args.geometry == "homography":
+        from ..bench.metrics import corner_error
+
         msg += f", corner error vs ground truth {corner_error(model, H_gt, f0.image_size):.2f} px"
     print(msg)
     print(f"wrote {args.output}")
