@@ -11,6 +11,8 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from .geometry import as_points
+
 __all__ = ["match_descriptors", "match_descriptors_batch", "matches_from_batch", "nearest_neighbours"]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -19,15 +21,8 @@ _METHODS = ("mnn", "nn", "ratio", "mnn_ratio")
 
 
 def _to_tensor(x: ArrayLike, name: str, device=None) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    elif not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
-    if device is not None:
-        x = x.to(device)
-    if not (x.dtype.is_floating_point or x.dtype == torch.uint8):
-        raise TypeError(f"{name} must have a floating point (or uint8) dtype, got {x.dtype}")
-    return x.float() if x.dtype != torch.float64 else x
+    """Descriptors as a float tensor (float64 kept, others float32; bool/complex rejected)."""
+    return as_points(x, name, device)
 
 
 def nearest_neighbours(desc0: torch.Tensor, desc1: torch.Tensor, k: int = 2,
