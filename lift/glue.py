@@ -15,13 +15,16 @@ Patch geometry convention (used by training and inference alike):
 """
 from __future__ import annotations
 
+import math
+
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["soft_argmax", "soft_max_score", "patch_affine", "patch_grid", "extract_patches",
-           "extract_patches_pyramid", "build_pyramid", "blur_downsample"]
+           "extract_patches_pyramid", "build_pyramid", "blur_downsample", "pyramid_depth",
+           "pyramid_level"]
 
 
 def soft_argmax(scores: torch.Tensor, beta: float = 10.0) -> torch.Tensor:
@@ -151,6 +154,19 @@ def blur_downsample(image: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2, ceil_mode=True)
 
 
+def pyramid_depth(max_step: float) -> int:
+    """Number of pyramid levels needed to sample with steps up to ``max_step`` image pixels per
+    patch pixel under the rule of :func:`pyramid_level`."""
+    return max(1, int(math.floor(math.log2(max(max_step, 1.0)))) + 1)
+
+
+def pyramid_level(step: torch.Tensor, num_levels: int) -> torch.Tensor:
+    """Pyramid level to sample from for sampling steps ``step`` (image pixels per patch pixel):
+    ``floor(log2 step)`` clamped to ``[0, num_levels - 1]``, so that the step on that level is in
+    [1, 2) and bilinear sampling never skips more than one level pixel."""
+    return torch.floor(torch.log2(step.clamp_min(1.0))).long().clamp(0, num_levels - 1)
+
+
 def build_pyramid(image: torch.Tensor, num_levels: int) -> List[torch.Tensor]:
     """Gaussian pyramid ``[image, image / 2, image / 4, ...]`` (stops before a side < 8 px)."""
     pyr = [image]
@@ -180,8 +196,7 @@ def extract_patches_pyramid(pyramid: Sequence[torch.Tensor], keypoints: torch.Te
         return base.new_zeros((0, base.shape[1], patch_size, patch_size))
     if batch_index is None:
         batch_index = torch.zeros(n, dtype=torch.long, device=base.device)
-    step = 2.0 * support * scales / patch_size
-    level = torch.floor(torch.log2(step.clamp_min(1.0))).long().clamp(0, len(pyramid) - 1)
+    level = pyramid_level(2.0 * support * scales / patch_size, len(pyramid))
     out = base.new_empty((n, base.shape[1], patch_size, patch_size))
     for lev in torch.unique(level).tolist():
         sel = torch.nonzero(level == lev).squeeze(1)

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .features import DESCRIPTOR_SUPPORT, Features, keypoints_from_cv2
-from .glue import build_pyramid, extract_patches_pyramid
+from .glue import build_pyramid, extract_patches_pyramid, pyramid_depth
 from .image import ImageError, to_gray_tensor
 from .layers import max_filter
 from .model import LIFTModel
@@ -221,9 +221,7 @@ class LIFT(nn.Module):
 
     def _pyramid(self, gray: torch.Tensor, max_sigma: float) -> List[torch.Tensor]:
         size = self.model.descriptor.input_size
-        step = 2.0 * DESCRIPTOR_SUPPORT * max_sigma / size
-        levels = max(1, int(math.floor(math.log2(max(step, 1.0)))) + 1)
-        return build_pyramid(gray, levels)
+        return build_pyramid(gray, pyramid_depth(2.0 * DESCRIPTOR_SUPPORT * max_sigma / size))
 
     def _run_chunks(self, net, pyr, kp, sc, ori, bidx) -> torch.Tensor:
         outs = []

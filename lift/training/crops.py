@@ -17,14 +17,13 @@ patch pixels the keypoint sits at ``((S - 1) / 2, (S - 1) / 2)`` = (63.5, 63.5) 
 """
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..features import DESCRIPTOR_SUPPORT
-from ..glue import blur_downsample, patch_affine
+from ..glue import blur_downsample, build_pyramid, patch_affine, pyramid_depth, pyramid_level
 
 __all__ = ["PatchGeometry", "crop_patches", "detector_input", "score_offsets", "half_image"]
 
@@ -56,11 +55,7 @@ class PatchGeometry:
         deep enough for crops of at least ``min_size`` pixels at up to ``max_scale`` times the
         stored sigma (see :func:`crop_patches`)."""
         step = 2.0 * DESCRIPTOR_SUPPORT * self.sigma * max_scale / min_size
-        levels = max(1, int(math.floor(math.log2(max(step, 1.0)))) + 1)
-        pyr = [patches]
-        while len(pyr) < levels and min(pyr[-1].shape[-2:]) >= 16:
-            pyr.append(half_image(pyr[-1]))
-        return pyr
+        return build_pyramid(patches, pyramid_depth(step))
 
 
 def crop_patches(pyramid: List[torch.Tensor], geom: PatchGeometry, out_size: int,
@@ -90,8 +85,7 @@ def crop_patches(pyramid: List[torch.Tensor], geom: PatchGeometry, out_size: int
     sig = torch.full((b,), geom.sigma, device=dev, dtype=dt)
     if scales is not None:
         sig = sig * scales
-    step = 2.0 * support * sig.detach() / out_size
-    level = torch.floor(torch.log2(step.clamp_min(1.0))).long().clamp(0, len(pyramid) - 1)
+    level = pyramid_level(2.0 * support * sig.detach() / out_size, len(pyramid))
     crops, order = [], []
     for lev in torch.unique(level).tolist():
         sel = torch.nonzero(level == lev).squeeze(1)
