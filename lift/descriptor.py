@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import normalize_patches
+from .layers import conv_stack, normalize_patches, output_shape
 
 __all__ = ["Descriptor"]
 
@@ -43,24 +43,11 @@ class Descriptor(nn.Module):
                            kernels=list(kernels), strides=list(strides), pools=list(pools),
                            batch_norm=bool(batch_norm))
         self.input_size = input_size
-        layers, cin = [], 1
-        last = len(channels) - 1
-        for i, (cout, k, s, p) in enumerate(zip(channels, kernels, strides, pools)):
-            layers.append(nn.Conv2d(cin, cout, k, stride=s, bias=not batch_norm or i == last))
-            if i < last:
-                if batch_norm:
-                    layers.append(nn.BatchNorm2d(cout))
-                layers.append(nn.ReLU(inplace=True))
-            if p > 1:
-                layers.append(nn.AvgPool2d(p))
-            cin = cout
-        self.features = nn.Sequential(*layers)
-        with torch.no_grad():
-            self.features.eval()
-            out = self.features(torch.zeros(1, 1, input_size, input_size))
-            self.features.train()
-        if out.shape[-2:] != (1, 1):
-            raise ValueError(f"descriptor layers leave a {tuple(out.shape[-2:])} map for "
+        self.features = conv_stack(channels, kernels, strides, pools, batch_norm,
+                                   pool=nn.AvgPool2d, linear_last=True)
+        out = output_shape(self.features, input_size)
+        if out[-2:] != (1, 1):
+            raise ValueError(f"descriptor layers leave a {tuple(out[-2:])} map for "
                              f"{input_size} px input; they must reduce it to 1 x 1")
         self.dim = int(channels[-1])
         for m in self.modules():

@@ -231,11 +231,3 @@ class Features:
         d = np.zeros((n, 0), np.float32) if descriptors is None else descriptors
         return cls(xy, scales, oris, np.zeros(n, np.float32), d, image_size)
 
-
-def wrap_angle(theta):
-    """Wrap radians to (-pi, pi] (numpy or torch)."""
-    if isinstance(theta, torch.Tensor):
-        return torch.atan2(torch.sin(theta), torch.cos(theta))
-    return np.arctan2(np.sin(theta), np.cos(theta))
-
-

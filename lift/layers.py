@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
-__all__ = ["ghh", "normalize_patches", "max_filter"]
+__all__ = ["ghh", "normalize_patches", "max_filter", "conv_stack", "output_shape"]
 
 
 def ghh(x: torch.Tensor, num_sum: int, num_max: int, dim: int = 1) -> torch.Tensor:
@@ -60,3 +61,33 @@ def max_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     for j in range(1, 2 * radius + 1):
         out = torch.maximum(out, p[..., j:j + h, :])
     return out
+
+
+def conv_stack(channels, kernels, strides, pools, batch_norm: bool, pool=nn.MaxPool2d,
+               linear_last: bool = False) -> nn.Sequential:
+    """Conv stages on 1-channel patches: ``conv -> [BN] -> ReLU -> [pool]`` per stage (a pool
+    only where its size is > 1). With ``linear_last`` the last stage is a plain biased
+    convolution (no BN, no ReLU), as a descriptor's output layer."""
+    layers, cin = [], 1
+    last = len(channels) - 1
+    for i, (cout, k, s, p) in enumerate(zip(channels, kernels, strides, pools)):
+        plain = linear_last and i == last
+        layers.append(nn.Conv2d(cin, cout, k, stride=s, bias=not batch_norm or plain))
+        if not plain:
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(nn.ReLU(inplace=True))
+        if p > 1:
+            layers.append(pool(p))
+        cin = cout
+    return nn.Sequential(*layers)
+
+
+def output_shape(stack: nn.Module, size: int) -> torch.Size:
+    """Output shape of ``stack`` for one ``1 x 1 x size x size`` input (run in eval mode)."""
+    with torch.no_grad():
+        was = stack.training
+        stack.eval()
+        shape = stack(torch.zeros(1, 1, size, size)).shape
+        stack.train(was)
+    return shape

@@ -17,31 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import ghh, normalize_patches
+from .layers import conv_stack, ghh, normalize_patches, output_shape
 
 __all__ = ["Orientation"]
-
-
-def _conv_stack(channels, kernels, strides, pools, batch_norm):
-    layers, cin = [], 1
-    for cout, k, s, p in zip(channels, kernels, strides, pools):
-        layers.append(nn.Conv2d(cin, cout, k, stride=s, bias=not batch_norm))
-        if batch_norm:
-            layers.append(nn.BatchNorm2d(cout))
-        layers.append(nn.ReLU(inplace=True))
-        if p > 1:
-            layers.append(nn.MaxPool2d(p))
-        cin = cout
-    return nn.Sequential(*layers)
-
-
-def _flat_size(stack: nn.Module, size: int) -> int:
-    with torch.no_grad():
-        was = stack.training
-        stack.eval()
-        n = stack(torch.zeros(1, 1, size, size)).numel()
-        stack.train(was)
-    return n
 
 
 class Orientation(nn.Module):
@@ -69,8 +47,8 @@ class Orientation(nn.Module):
                            batch_norm=bool(batch_norm))
         self.input_size = input_size
         self.num_sum, self.num_max = num_sum, num_max
-        self.features = _conv_stack(channels, kernels, strides, pools, batch_norm)
-        flat = _flat_size(self.features, input_size)
+        self.features = conv_stack(channels, kernels, strides, pools, batch_norm)
+        flat = output_shape(self.features, input_size).numel()
         g = num_sum * num_max
         self.fc1 = nn.Linear(flat, hidden * g)
         self.fc2 = nn.Linear(hidden, 2 * g)
