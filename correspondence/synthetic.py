@@ -33,6 +33,17 @@ def _project(Hm: np.ndarray, x: np.ndarray) -> np.ndarray:
     return y[:, :2] / y[:, 2:]
 
 
+def _add_outliers(rng: np.random.Generator, a_in: np.ndarray, b_in: np.ndarray, n: int, size):
+    """Complete ``n_in`` inlier correspondences to ``n`` with points uniform over both images,
+    then shuffle. Returns (a, b, inlier mask), each of length ``n``."""
+    W, Hh = size
+    n_out = n - len(a_in)
+    a = np.concatenate([a_in, rng.uniform([0, 0], [W - 1, Hh - 1], (n_out, 2))])
+    b = np.concatenate([b_in, rng.uniform([0, 0], [W - 1, Hh - 1], (n_out, 2))])
+    perm = rng.permutation(n)
+    return a[perm], b[perm], (np.arange(n) < len(a_in))[perm]
+
+
 def homography_problem(rng: np.random.Generator, n: int = 2000, inlier_ratio: float = 0.5,
                        noise: float = 1.0, size=(640, 480)) -> Dict[str, np.ndarray]:
     """One synthetic homography problem.
@@ -50,13 +61,8 @@ def homography_problem(rng: np.random.Generator, n: int = 2000, inlier_ratio: fl
         ok = (p[:, 0] >= 0) & (p[:, 0] <= W - 1) & (p[:, 1] >= 0) & (p[:, 1] <= Hh - 1)
         src_in = np.concatenate([src_in, cand[ok]])[:n_in]
     dst_in = _project(Hm, src_in) + rng.normal(0, noise, (n_in, 2))
-    src_out = rng.uniform([0, 0], [W - 1, Hh - 1], (n - n_in, 2))
-    dst_out = rng.uniform([0, 0], [W - 1, Hh - 1], (n - n_in, 2))
-    src = np.concatenate([src_in, src_out])
-    dst = np.concatenate([dst_in, dst_out])
-    inl = np.arange(n) < n_in
-    perm = rng.permutation(n)
-    return {"src": src[perm], "dst": dst[perm], "H": Hm, "inlier": inl[perm]}
+    src, dst, inl = _add_outliers(rng, src_in, dst_in, n, size)
+    return {"src": src, "dst": dst, "H": Hm, "inlier": inl}
 
 
 def corner_error(H_est: Optional[np.ndarray], H_gt: np.ndarray, size=(640, 480)) -> float:
@@ -111,13 +117,8 @@ def relative_pose_problem(rng: np.random.Generator, n: int = 2000, inlier_ratio:
         k1 = np.concatenate([k1, p1[ok]])[:n_in]
     k0 = k0 + rng.normal(0, noise, k0.shape)
     k1 = k1 + rng.normal(0, noise, k1.shape)
-    o0 = rng.uniform([0, 0], [W - 1, Hh - 1], (n - n_in, 2))
-    o1 = rng.uniform([0, 0], [W - 1, Hh - 1], (n - n_in, 2))
-    kp0 = np.concatenate([k0, o0])
-    kp1 = np.concatenate([k1, o1])
-    inl = np.arange(n) < n_in
-    perm = rng.permutation(n)
-    return {"kpts0": kp0[perm], "kpts1": kp1[perm], "K": K, "R": R, "t": t, "inlier": inl[perm]}
+    kp0, kp1, inl = _add_outliers(rng, k0, k1, n, size)
+    return {"kpts0": kp0, "kpts1": kp1, "K": K, "R": R, "t": t, "inlier": inl}
 
 
 def rotation_error_deg(R_est: Optional[np.ndarray], R_gt: np.ndarray) -> float:
