@@ -15,7 +15,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["lift", "lift.*", "correspondence", "correspondence.*"]),
-    package_data={"lift": ["weights/*.pt", "weights/*.json", "weights/*.md", "assets/*"]},
+    package_data={
+        "lift": ["weights/*.pt", "weights/*.json", "weights/*.md", "assets/*"],
+        "correspondence": ["weights/*.pt", "weights/*.md"],
+    },
     include_package_data=True,
     install_requires=[
         "torch>=2.1",
@@ -46,6 +49,9 @@ setup(
             "lift-build-patches=lift.data.build:main",
             "lift-train=lift.training.cli:main",
             "lift-sfm=lift.cli.sfm:main",
+            "lift-train-cne=correspondence.training.cne:main",
+            "lift-train-flow=correspondence.training.flow:main",
+            "lift-align=correspondence.cli.align:main",
         ]
     },
 )

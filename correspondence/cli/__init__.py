@@ -1,0 +1,1 @@
+"""Command-line entry points of ``correspondence`` (declared as console scripts in setup.py)."""
