@@ -3,9 +3,13 @@ image pairs in one call, on CPU or GPU.
 
 One generic engine (:class:`RobustEstimator`) runs every problem of a batch at once:
 
-1. **Sampling.** Each round draws ``m`` minimal samples for every still-active problem at once
-   (uniform, or proportional to the prior ``weights`` given per match, so that a learned filter
-   can feed it). Samples with a repeated index are rejected. Rounds start at ``first_round``
+1. **Sampling.** Each round draws ``m`` minimal samples for every still-active problem at once,
+   proportionally to a prior per match: the ``weights`` given by the caller (e.g. a learned
+   filter's); else uniformly at first and, for problems whose best model still needs more than
+   ``prior_after`` samples (low inlier ratios), from the neighbourhood-consistency prior of
+   :mod:`correspondence.consistency` (half uniform, half proportional to how many neighbours of
+   a match in image 0 are also its neighbours in image 1: right matches of a smooth scene keep
+   their neighbours, wrong ones do not); ``prior="uniform"`` never switches. Samples with a repeated index are rejected. Rounds start at ``first_round``
    samples per problem and grow ``round_growth`` times up to ``round_samples`` over the batch:
    few, large, flat tensor operations (the sampling path is bound by the number of operations).
 2. **Degeneracy filter** on the sample (collinear triples and the oriented constraint for H),
@@ -19,15 +23,19 @@ One generic engine (:class:`RobustEstimator`) runs every problem of a batch at o
    least ``verify_top``, one per 512 samples drawn) are then scored on all matches. Scores are
    truncated quadratic (MSAC): ``sum_i max(0, 1 - e_i^2 / t^2)``, larger is better; errors of
    many hypotheses come from one batched product with the homogeneous points.
-5. **Local optimisation** whenever a problem's best model improves: inner RANSAC on its inliers
+5. **Local optimisation** whenever a problem's best model improves (and has at least
+   ``lo_min_inliers`` inliers): inner RANSAC on its inliers
    (``lo_samples`` non-minimal subsets of ``lo_sample_factor x`` the minimal size, drawn within
    ``lo_inner_factor x`` the threshold) then iteratively re-weighted least squares (``lo_iters``
    steps, Tukey weights with cut-off ``lo_threshold_factor x`` the threshold, warm-started
    inverse-iteration fits); a refit is kept only when it scores higher; up to ``lo_rounds``
    rounds while the score improves.
 6. **Adaptive termination per problem:** a problem stops when its iteration count reaches
-   ``log(1 - confidence) / log(1 - w^s)`` (``w`` its inlier ratio, ``s`` the sample size) or
-   ``max_iters``; finished problems leave the batch.
+   ``max_iters`` or when the probability that none of its samples was all-inlier for the best
+   model, ``prod_k (1 - w_k^s)`` over the samples ``k`` drawn, falls below ``1 - confidence``
+   (``s`` the sample size, ``w_k`` the probability that one draw of sample ``k``'s sampler is
+   an inlier of the model: its inlier ratio for uniform draws, the prior mass of its inliers
+   for prior draws); finished problems leave the batch.
 7. **Final refit** of each best model with IRLS on all matches, then the inlier mask.
 
 Memory is bounded by ``max_elements``: hypotheses x points error tensors are computed in chunks
@@ -54,6 +62,7 @@ import torch
 
 from .geometry import (ArrayLike, apply_similarity, as_points, batch_correspondences, homogeneous_rows,
                        normalizing_transform, skew)
+from .consistency import consistency_prior
 from .epipolar import (essential_5pt, essential_fit, fundamental_7pt, fundamental_fit, recover_pose, refine_pose,
                        sampson_error_rows)
 from .homography import homography_degenerate_soa, homography_dlt, homography_minimal_soa, transfer_error_rows
@@ -129,10 +138,17 @@ class RobustEstimator:
             RANSAC with ``lo_samples`` fits on subsets of ``lo_sample_factor x s`` inliers, then
             ``lo_iters`` IRLS steps with Tukey cut-off ``lo_threshold_factor x threshold``.
         lo_rounds: most rounds of inner RANSAC + IRLS while the score keeps improving.
+        lo_min_inliers: a new best model is locally optimised only with at least this many
+            inliers (default ``3 x`` the sample size: fewer is a chance model).
         lo_inner_factor: inner samples are drawn from the matches within this multiple of the
             threshold (wider than 1 pulls in inliers a nearly right model still misses).
         final_iters: IRLS steps of the final refit.
         max_elements: bound on the size of any hypotheses x points error tensor.
+        prior: sampling prior when the caller gives no ``weights``: ``"consistency"``
+            (default, :func:`correspondence.consistency.consistency_prior`) or ``"uniform"``.
+        prior_after: a problem samples uniformly until its best model still needs more than
+            this many uniform samples; then it switches to the consistency prior (whose cost,
+            about that of scoring a few thousand hypotheses, only pays off at low inlier ratios).
     """
 
     def __init__(self, model: ModelSpec, threshold: float, confidence: float = 0.999,
@@ -143,7 +159,8 @@ class RobustEstimator:
                  lo_samples: int = 8,
                  lo_sample_factor: int = 4, lo_iters: int = 4, lo_threshold_factor: float = 1.5,
                  lo_rounds: int = 1, lo_inner_factor: float = 1.0,
-                 final_iters: int = 3, max_elements: int = 1 << 23):
+                 final_iters: int = 3, max_elements: int = 1 << 23, prior: str = "consistency",
+                 prior_after: int = 2048, lo_min_inliers: Optional[int] = None):
         if not threshold > 0:
             raise ValueError(f"threshold must be > 0, got {threshold}")
         if not 0 < confidence < 1:
@@ -152,6 +169,11 @@ class RobustEstimator:
             raise ValueError(f"max_iters must be >= 1, got {max_iters}")
         if preverify_points < 1 or preverify_group < 1:
             raise ValueError("preverify_points and preverify_group must be >= 1")
+        if prior not in ("consistency", "uniform"):
+            raise ValueError(f"prior must be 'consistency' or 'uniform', got {prior!r}")
+        self.prior = prior
+        self.prior_after = int(prior_after)
+        self.lo_min_inliers = 3 * model.sample_size if lo_min_inliers is None else int(lo_min_inliers)
         self.model = model
         self.threshold = float(threshold)
         self.confidence = float(confidence)
@@ -343,7 +365,8 @@ class RobustEstimator:
 
         Args:
             x0, x1: ``B x N x 2`` points in the model's working coordinates.
-            valid: ``B x N`` bool. weights: optional ``B x N`` sampling prior (>= 0).
+            valid: ``B x N`` bool. weights: optional ``B x N`` sampling prior (>= 0); without
+                it, the engine's ``prior`` is used.
             s0, s1: ``B`` scales that turn working-coordinate errors into threshold units.
 
         Returns:
@@ -374,48 +397,93 @@ class RobustEstimator:
         vmask = None if same_n else valid_o
         PP = (homogeneous_rows(x0), homogeneous_rows(x1), s0, s1)  # scoring against all matches
         pts = torch.cat([x0, x1], 2).permute(2, 0, 1).reshape(4, B * N)
-        cdf = None
+        # sampling distributions: ``prob``/``cdf`` rows for the problems that sample from a prior
+        # (the caller's weights from the start; the consistency prior from the round where a
+        # problem's uniform sampling would still need more than ``prior_after`` samples)
+        prob = cdf = None
+        weighted = torch.zeros(B, dtype=torch.bool, device=dev)
         if weights is not None:
             w = torch.gather(weights, 1, order) * valid_o
             usable = (w > 0).sum(1) >= s
-            w = torch.where(usable[:, None], w, valid_o.to(dt))
-            cdf = torch.cumsum(w, 1)
-            cdf = cdf / cdf[:, -1:].clamp_min(torch.finfo(dt).tiny)
+            prob = torch.where(usable[:, None], w, valid_o.to(dt))
+            prob = prob / prob.sum(1, keepdim=True).clamp_min(torch.finfo(dt).tiny)
+            cdf = torch.cumsum(prob, 1)
+            weighted[:] = True
+        lazy_prior = weights is None and self.prior == "consistency"
 
         best = torch.full((B, 3, 3), float("nan"), dtype=dt, device=dev)
         best_score = torch.full((B,), -1.0, dtype=dt, device=dev)
         best_err = torch.full((B, N), float("inf"), dtype=dt, device=dev)
-        iters = torch.zeros(B, dtype=torch.long, device=dev)
-        needed = torch.full((B,), max(self.max_iters, 1), dtype=torch.long, device=dev)
+        n_u = torch.zeros(B, dtype=torch.long, device=dev)  # samples drawn uniformly
+        n_w = torch.zeros(B, dtype=torch.long, device=dev)  # samples drawn from the prior
+        # probability that one sample of each sampler is all-inlier for the best model so far
+        p_u = torch.zeros(B, dtype=torch.float64, device=dev)
+        p_w = torch.zeros(B, dtype=torch.float64, device=dev)
         active = n_valid >= s
         log_fail = math.log(1 - self.confidence)
         t2 = self.threshold ** 2
+
+        def log_miss(i):  # log probability that no all-inlier sample was drawn so far
+            lu = torch.log1p(-p_u[i].clamp(max=1 - 1e-15))
+            lw = torch.log1p(-p_w[i].clamp(max=1 - 1e-15))
+            return n_u[i] * lu + n_w[i] * lw
+
+        def still_needed(i):  # samples the problems' current samplers still need
+            p = torch.where(weighted[i], p_w[i], p_u[i]).clamp(max=1 - 1e-15)
+            k = ((log_fail - log_miss(i)) / torch.log1p(-p)).ceil()
+            left = self.max_iters - n_u[i] - n_w[i]
+            k = torch.where(p > 0, k.clamp_min(0), left.double()).clamp(max=self.max_iters).long()
+            return torch.maximum(torch.minimum(k, left), self.min_iters - n_u[i] - n_w[i])
+
+        def inlier_probs(i, err):  # (p_u, p_w) of models with errors ``err`` in problems ``i``
+            inl = err < t2
+            pu = (inl.sum(1).double() / n_valid[i].double().clamp_min(1)).clamp(0, 1) ** s
+            pw = torch.zeros_like(pu)
+            if prob is not None:
+                pw = torch.where(weighted[i], (prob[i] * inl).sum(1).double().clamp(0, 1) ** s, pw)
+            return pu, pw
+
         rnd = 0
         while True:
             ids = active.nonzero().flatten()
             a = ids.numel()
             if a == 0:
                 break
+            if lazy_prior and rnd > 0:
+                switch = ids[~weighted[ids] & (still_needed(ids) > self.prior_after) & (n_valid[ids] > s)]
+                if switch.numel():
+                    if prob is None:
+                        prob = valid_o.to(dt) / n_valid.clamp_min(1)[:, None].to(dt)
+                        cdf = torch.cumsum(prob, 1)
+                    pr = consistency_prior(x0[switch], x1[switch], valid_o[switch])
+                    prob[switch] = pr
+                    cdf[switch] = torch.cumsum(pr, 1)
+                    weighted[switch] = True
+                    p_w[switch] = inlier_probs(switch, best_err[switch])[1]
+                    rnd = 0  # the new sampler starts with a small round again
             everyone = a == B
-            remaining = int((needed[ids].clamp_min(self.min_iters) - iters[ids]).max())
+            remaining = int(still_needed(ids).max())
             per = min(self.first_round * self.round_growth ** rnd, max(self.min_round, self.round_samples // a),
                       max(1, remaining))
             rnd += 1
             nv = n_valid[ids]
             # 1. sampling: s x a x per indices below n_valid (component-major layout)
-            if cdf is None and same_n:  # every problem has N valid matches: integers directly
+            use_prior = bool(weighted[ids].any())
+            if not use_prior and same_n:  # every problem has N valid matches: integers directly
                 idx = torch.randint(N, (s, a, per), generator=gen, device=dev)
-            elif cdf is None:
+            elif not use_prior:
                 u = torch.rand(s, a, per, generator=gen, device=dev, dtype=dt)
                 idx = torch.minimum((u * nv[:, None].to(dt)).long(), (nv - 1)[:, None])
             else:
                 u = torch.rand(a, s * per, generator=gen, device=dev, dtype=dt)
-                idx = torch.searchsorted(cdf[ids].contiguous(), u)
+                c = cdf[ids]
+                idx = torch.searchsorted(c.contiguous(), u * c[:, -1:])
                 idx = idx.clamp_max(N - 1).reshape(a, s, per).permute(1, 0, 2)
             idx = idx.reshape(s, a * per)
             fidx = (idx.view(s, a, per) + (ids * N)[:, None]).reshape(-1)
             soa = pts.index_select(1, fidx).view(4, s, a * per)  # (x0, y0, x1, y1) x s x samples
-            iters[ids] += per
+            n_w[ids] += per * weighted[ids]
+            n_u[ids] += per * ~weighted[ids]
             # 2.-3. degeneracy filter and minimal solve of the surviving samples
             table, okt, own = self._hypotheses(soa, idx, a, per)
             if bool(okt.any()):
@@ -435,22 +503,25 @@ class RobustEstimator:
                     # 5. local optimisation of the new best models
                     li = improved.nonzero().flatten()
                     gi = ids[li]
-                    alli = li.numel() == a
-                    sel = (lambda t: t) if alli else (lambda t: t[li])
-                    mods, scs, errs = self._refine(
-                        cand[li, rarg[li]].view(-1, 3, 3), rbest[li], err[li, rarg[li]], x0[gi], x1[gi],
-                        tuple(sel(t) for t in Da), None if va is None else sel(va), gen, inner=True,
-                        iters=self.lo_iters)
+                    mods, scs, errs = cand[li, rarg[li]].view(-1, 3, 3), rbest[li], err[li, rarg[li]]
+                    # (models with barely more inliers than their own sample are not worth it)
+                    worth = ((errs < t2).sum(1) >= self.lo_min_inliers).nonzero().flatten()
+                    if worth.numel():
+                        alli = worth.numel() == a
+                        sel = (lambda t: t) if alli else (lambda t: t[li[worth]])
+                        g = gi[worth]
+                        rm, rs, re = self._refine(mods[worth], scs[worth], errs[worth], x0[g], x1[g],
+                                                  tuple(sel(t) for t in Da), None if va is None else sel(va),
+                                                  gen, inner=True, iters=self.lo_iters)
+                        mods, scs, errs = mods.index_copy(0, worth, rm), scs.index_copy(0, worth, rs), \
+                            errs.index_copy(0, worth, re)
                     best[gi] = mods
                     best_score[gi] = scs
                     best_err[gi] = errs
-                    # 6. adaptive termination from the inlier ratio of the refined model
-                    ratio = ((errs < t2).sum(1).double() / nv[li].double()).clamp(0, 1)
-                    p_good = ratio ** s
-                    k = log_fail / torch.log1p(-p_good.clamp(max=1 - 1e-15))
-                    k = torch.where(p_good > 0, k, torch.full_like(k, float(self.max_iters)))
-                    needed[gi] = torch.minimum(k.ceil().clamp(max=self.max_iters).long(), needed[gi])
-            done = (iters[ids] >= needed[ids].clamp_min(self.min_iters)) | (iters[ids] >= self.max_iters)
+                    # 6. adaptive termination (see ``log_miss``)
+                    p_u[gi], p_w[gi] = inlier_probs(gi, errs)
+            iters = n_u[ids] + n_w[ids]
+            done = ((log_miss(ids) <= log_fail) & (iters >= self.min_iters)) | (iters >= self.max_iters)
             active[ids[done]] = False
 
         # 7. final refit and inlier mask
@@ -469,7 +540,7 @@ class RobustEstimator:
         best[~enough] = float("nan")
         mask_o[~enough] = False
         mask = torch.zeros_like(mask_o).scatter_(1, order, mask_o)
-        return best, mask, iters
+        return best, mask, n_u + n_w
 
 
 # ---------------------------------------------------------------------- public API helpers

@@ -8,6 +8,9 @@ Protocol (issue "Batched robust estimation in torch"):
   wall time per problem. ``ours (batched)`` solves all trials of a setting in one call and reports
   total time / trials.
 * Batch: 64 problems (N=2000, r=0.5) in one call vs 64 ``cv2.USAC_MAGSAC`` calls in a loop.
+* ``ours`` samples uniformly, then from the neighbourhood-consistency prior once a problem
+  would need more than 2048 uniform samples; ``ours, uniform sampling`` is the ablation
+  (``prior="uniform"``).
 * Relative pose: synthetic scenes (N=2000, r in {0.5, 0.25, 0.1}, 1 px noise, focal 500 px),
   pose error = max(rotation error, translation direction error); mAP@X = mean of the accuracies
   at 5, 10, ..., X degrees (CNe / OANet convention); 1 px threshold for every method.
@@ -63,12 +66,13 @@ def homography_methods() -> Dict[str, Optional[Callable]]:
     methods: Dict[str, Optional[Callable]] = {}
     notes: Dict[str, str] = {}
 
-    def ours(src, dst):
+    def ours(src, dst, prior="consistency"):
         H, _ = find_homography(torch.from_numpy(src).float(), torch.from_numpy(dst).float(),
-                               threshold=THRESHOLD, confidence=CONFIDENCE)
+                               threshold=THRESHOLD, confidence=CONFIDENCE, prior=prior)
         return H.double().numpy()
 
     methods["ours"] = ours
+    methods["ours, uniform sampling"] = lambda src, dst: ours(src, dst, "uniform")
     for name, flag in (("cv2 RANSAC", cv2.RANSAC), ("cv2 USAC_MAGSAC", cv2.USAC_MAGSAC),
                        ("cv2 USAC_ACCURATE", cv2.USAC_ACCURATE)):
         def run(src, dst, flag=flag):
@@ -171,12 +175,13 @@ def pose_methods():
 
     methods, notes = {}, {}
 
-    def ours(k0, k1, K):
+    def ours(k0, k1, K, prior="consistency"):
         R, t, _ = estimate_relative_pose(torch.from_numpy(k0).float(), torch.from_numpy(k1).float(),
                                          torch.from_numpy(K).float(), torch.from_numpy(K).float(),
-                                         threshold=1.0, confidence=CONFIDENCE)
+                                         threshold=1.0, confidence=CONFIDENCE, prior=prior)
         return R.double().numpy(), t.double().numpy()
     methods["ours"] = ours
+    methods["ours, uniform sampling"] = lambda k0, k1, K: ours(k0, k1, K, "uniform")
     for name, flag in (("cv2 RANSAC", cv2.RANSAC), ("cv2 USAC_MAGSAC", cv2.USAC_MAGSAC)):
         def run(k0, k1, K, flag=flag):
             E, m = cv2.findEssentialMat(k0, k1, K, method=flag, prob=CONFIDENCE, threshold=1.0)
