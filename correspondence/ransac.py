@@ -93,6 +93,8 @@ class ModelSpec:
         error: ``(models G x K x 3 x 3, p0 G x 3 x P, p1, s0 G, s1 G) -> G x K x P`` squared
             errors in threshold units (``s``: scales from working coordinates to those units).
         degenerate: optional ``soa -> M`` bool sample filter.
+        prior_after: default of :class:`RobustEstimator`'s ``prior_after`` (measured break-even:
+            the consistency prior costs about as much as that many minimal samples).
     """
 
     name: str
@@ -102,6 +104,7 @@ class ModelSpec:
     fit: Callable
     error: Callable
     degenerate: Optional[Callable] = None
+    prior_after: int = 2048
 
 
 def _on_views(solver: Callable) -> Callable:
@@ -112,7 +115,7 @@ def _on_views(solver: Callable) -> Callable:
 
 
 HOMOGRAPHY = ModelSpec("homography", 4, 4, homography_minimal_soa, homography_dlt, transfer_error_rows,
-                       homography_degenerate_soa)
+                       homography_degenerate_soa, prior_after=16384)
 
 
 class RobustEstimator:
@@ -147,8 +150,10 @@ class RobustEstimator:
         prior: sampling prior when the caller gives no ``weights``: ``"consistency"``
             (default, :func:`correspondence.consistency.consistency_prior`) or ``"uniform"``.
         prior_after: a problem samples uniformly until its best model still needs more than
-            this many uniform samples; then it switches to the consistency prior (whose cost,
-            about that of scoring a few thousand hypotheses, only pays off at low inlier ratios).
+            this many uniform samples; then it switches to the consistency prior (whose cost
+            only pays off at low inlier ratios). Default: the model's ``prior_after`` (16384
+            for H, 4096 for F, 2048 for E: minimal samples cost more the more solutions the
+            solver returns).
     """
 
     def __init__(self, model: ModelSpec, threshold: float, confidence: float = 0.999,
@@ -160,7 +165,7 @@ class RobustEstimator:
                  lo_sample_factor: int = 4, lo_iters: int = 4, lo_threshold_factor: float = 1.5,
                  lo_rounds: int = 1, lo_inner_factor: float = 1.0,
                  final_iters: int = 3, max_elements: int = 1 << 23, prior: str = "consistency",
-                 prior_after: int = 2048, lo_min_inliers: Optional[int] = None):
+                 prior_after: Optional[int] = None, lo_min_inliers: Optional[int] = None):
         if not threshold > 0:
             raise ValueError(f"threshold must be > 0, got {threshold}")
         if not 0 < confidence < 1:
@@ -172,7 +177,7 @@ class RobustEstimator:
         if prior not in ("consistency", "uniform"):
             raise ValueError(f"prior must be 'consistency' or 'uniform', got {prior!r}")
         self.prior = prior
-        self.prior_after = int(prior_after)
+        self.prior_after = model.prior_after if prior_after is None else int(prior_after)
         self.lo_min_inliers = 3 * model.sample_size if lo_min_inliers is None else int(lo_min_inliers)
         self.model = model
         self.threshold = float(threshold)
@@ -599,7 +604,8 @@ def find_homography(src: ArrayLike, dst: ArrayLike, threshold: float = 3.0, conf
     return _output(H / scale, inl, batched, as_numpy)
 
 
-FUNDAMENTAL = ModelSpec("fundamental", 7, 8, _on_views(fundamental_7pt), fundamental_fit, sampson_error_rows)
+FUNDAMENTAL = ModelSpec("fundamental", 7, 8, _on_views(fundamental_7pt), fundamental_fit, sampson_error_rows,
+                        prior_after=4096)
 ESSENTIAL = ModelSpec("essential", 5, 8, _on_views(essential_5pt), essential_fit, sampson_error_rows)
 
 
