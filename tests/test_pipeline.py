@@ -24,7 +24,7 @@ def test_extract_basic_contract(random_model, photo):
 
 
 def test_input_types_agree(random_model, photo):
-    ex = LIFT(random_model, max_keypoints=200)
+    ex = LIFT(random_model, max_keypoints=200, patch_precision="float32")
     ref = ex.extract(photo)
     rgb = np.repeat(photo[:, :, None], 3, axis=2)
     for variant in (photo.astype(np.float32) / 255, rgb, torch.from_numpy(photo),
@@ -32,6 +32,21 @@ def test_input_types_agree(random_model, photo):
         f = ex.extract(variant)
         np.testing.assert_allclose(f.keypoints, ref.keypoints, atol=1e-3)
         np.testing.assert_allclose(f.descriptors, ref.descriptors, atol=1e-4)
+
+
+def test_bfloat16_patch_networks_agree_with_float32(photo):
+    """The bfloat16 patch networks (the default on CPUs with native bfloat16) give the float32
+    keypoints, orientations within a few degrees and near-identical unit descriptors."""
+    ref = LIFT("default", max_keypoints=400, patch_precision="float32").extract(photo)
+    f = LIFT("default", max_keypoints=400, patch_precision="bfloat16").extract(photo)
+    np.testing.assert_allclose(f.keypoints, ref.keypoints, atol=1e-4)
+    dang = np.degrees(np.abs(np.angle(np.exp(1j * (f.oris - ref.oris)))))
+    assert np.median(dang) < 0.5 and np.quantile(dang, 0.99) < 3
+    np.testing.assert_allclose(np.linalg.norm(f.descriptors, axis=1), 1.0, atol=1e-5)
+    cos = (f.descriptors * ref.descriptors).sum(1)
+    assert np.median(cos) > 0.999 and cos.min() > 0.95
+    with pytest.raises(ValueError, match="patch_precision"):
+        LIFT("default", patch_precision="float16")
 
 
 def test_batch_of_images_equals_single_calls(random_model, photo):
