@@ -1,0 +1,446 @@
+"""Learned outlier filter for two-view correspondences (CNe, Yi, Trulls et al., CVPR 2018).
+
+The network classifies each putative match of an image pair as inlier or outlier from the
+coordinates of *all* matches of that pair: a shared per-correspondence MLP (1 x 1 layers,
+128 channels) with 12 residual blocks, each layer followed by **context normalisation**
+(mean / std over the correspondences of one pair), batch norm (no affine) and ReLU. One logit
+per correspondence; weights ``w = relu(tanh(logit))`` (0 for logit <= 0). The network is
+permutation-equivariant and takes any number ``N`` of matches; padded batches carry a mask and
+padded entries never enter a statistic.
+
+Input per correspondence: ``(x0, y0, x1, y1)`` in **normalised coordinates**:
+
+* with intrinsics ``K0``, ``K1``: ``K^-1 (x, y, 1)`` (normalised camera coordinates), the
+  training setting;
+* without, from the image sizes ``(W, H)``: pseudo-intrinsics with focal ``1.2 max(W, H)``
+  (COLMAP's default prior) and the principal point at the image centre ``((W-1)/2, (H-1)/2)``;
+  about a third of the training pairs were normalised this way, so the network is used to the
+  resulting (uncalibrated, F-like) geometry. Without K and without sizes: ``ValueError``.
+* optionally a fifth channel: the descriptor distance ratio (nearest / second nearest, in
+  [0, 1]); the shipped weights are trained without it unless their ``config`` says otherwise.
+
+Pixel convention: keypoints ``(x, y)``, top-left pixel centre at ``(0, 0)``.
+
+Public API:
+
+* :func:`filter_matches` -> ``(weights, inlier_mask)``;
+* :func:`relative_pose_cne` -> ``(R, t, inlier_mask)`` like
+  :func:`correspondence.ransac.estimate_relative_pose` (``method="cne"``: weighted eight-point
+  on the network weights; ``"cne+ransac"``: our RANSAC on the matches the network keeps);
+* :class:`CNeNet`, :func:`load_cne`, :func:`weighted_eight_point` (differentiable).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .epipolar import essential_fit, recover_pose
+from .geometry import ArrayLike, apply_similarity, as_points, batch_correspondences, epipolar_rows, \
+    weighted_nullvector
+
+__all__ = ["CNeNet", "context_norm", "load_cne", "default_weights_path", "normalize_keypoints",
+           "pseudo_intrinsics", "weighted_eight_point", "filter_matches", "relative_pose_cne"]
+
+PathLike = Union[str, Path]
+CN_EPS = 1e-3  # variance epsilon of the context normalisation (as the reference code)
+PSEUDO_FOCAL = 1.2  # focal of the pseudo-intrinsics, in units of max(W, H)
+
+
+def default_weights_path() -> Path:
+    """Path of the shipped weights ``correspondence/weights/cne_default.pt``."""
+    return Path(__file__).resolve().parent / "weights" / "cne_default.pt"
+
+
+# ------------------------------------------------------------------ normalisation layers
+def _masked_moments(x: torch.Tensor, mask: torch.Tensor, dims) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (biased) variance of ``x`` over ``dims`` counting only ``mask`` entries."""
+    m = mask.to(x.dtype)
+    n = m.sum(dims, keepdim=True).clamp_min(1)
+    mean = (x * m).sum(dims, keepdim=True) / n
+    var = ((x - mean).square() * m).sum(dims, keepdim=True) / n
+    return mean, var
+
+
+def context_norm(x: torch.Tensor, mask: Optional[torch.Tensor] = None, eps: float = CN_EPS) -> torch.Tensor:
+    """Context normalisation: per pair and channel, zero mean and unit variance over the points.
+
+    Args:
+        x: ``B x C x N`` features. mask: optional ``B x N`` bool (True = real correspondence);
+            padded entries take no part in the statistics and come out as 0.
+        eps: variance epsilon.
+
+    Returns:
+        ``B x C x N``.
+    """
+    if mask is None:
+        mean, var = x.mean(2, keepdim=True), x.var(2, unbiased=False, keepdim=True)
+        return (x - mean) / torch.sqrt(var + eps)
+    m = mask[:, None, :]
+    mean, var = _masked_moments(x, m, 2)
+    return torch.where(m, (x - mean) / torch.sqrt(var + eps), torch.zeros_like(x))
+
+
+class ContextBatchNorm(nn.Module):
+    """Context normalisation followed by batch norm, both without affine, in one pass.
+
+    Context norm (per pair ``b`` and channel ``c``, over the ``n_b`` real points):
+    ``y = (x - m_bc) / sqrt(v_bc + 1e-3)``. Batch norm of ``y`` over the batch and the points:
+    its mean is exactly 0 and its variance exactly ``sum_b n_b v_bc / (v_bc + 1e-3) / sum_b n_b``,
+    so both are computed from the context statistics (no second pass), and the output is one
+    fused ``x * scale + shift``. Identical (values and gradients) to the two layers in sequence.
+    Running statistics as ``nn.BatchNorm1d`` (momentum 0.1, unbiased running variance); padded
+    entries (``mask`` False) take no part in any statistic.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1, cn_eps: float = CN_EPS):
+        super().__init__()
+        self.eps, self.momentum, self.cn_eps = eps, momentum, cn_eps
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # two-pass moments (torch.var_mean is ~10x slower on CPU for this layout)
+        if mask is None:
+            mean = x.mean(2, keepdim=True)
+            d = x - mean
+            var = (d * d).mean(2, keepdim=True)
+            n = torch.full((x.shape[0], 1, 1), float(x.shape[2]), dtype=x.dtype, device=x.device)
+        else:
+            m = mask[:, None, :].to(x.dtype)
+            n = m.sum(2, keepdim=True)
+            mean = (x * m).sum(2, keepdim=True) / n.clamp_min(1)
+            d = x - mean
+            var = (d * d * m).sum(2, keepdim=True) / n.clamp_min(1)
+        s = torch.rsqrt(var + self.cn_eps)  # B x C x 1
+        if self.training:  # batch statistics of the context-normalised values: mean 0, variance:
+            total = n.sum().clamp_min(1)
+            bn_var = ((var * s * s) * n).sum((0, 2)) / total
+            with torch.no_grad():
+                self.running_mean.mul_(1 - self.momentum)
+                unbiased = bn_var * total / (total - 1).clamp_min(1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+            return d * (s * torch.rsqrt(bn_var + self.eps)[None, :, None])
+        b = torch.rsqrt(self.running_var.to(x.dtype) + self.eps)[None, :, None]
+        return d * (s * b) - self.running_mean.to(x.dtype)[None, :, None] * b
+
+
+def _pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """A kernel-1 ``Conv1d`` as one batched matrix product (CPU conv1d takes a slow im2col path)."""
+    return torch.matmul(conv.weight[:, :, 0], x).add_(conv.bias[:, None])
+
+
+class _Layer(nn.Module):
+    """1 x 1 layer -> context norm -> batch norm -> ReLU (outputs at padded entries are
+    finite but meaningless; no statistic sees them)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv = nn.Conv1d(c_in, c_out, 1)
+        self.norm = ContextBatchNorm(c_out)
+
+    def forward(self, x, mask):
+        return torch.relu(self.norm(_pointwise(self.conv, x), mask))
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.l1 = _Layer(channels, channels)
+        self.l2 = _Layer(channels, channels)
+
+    def forward(self, x, mask):
+        return x + self.l2(self.l1(x, mask), mask)
+
+
+class CNeNet(nn.Module):
+    """Context-normalisation network: ``B x N x D`` correspondences -> ``B x N`` logits.
+
+    Args:
+        in_dim: 4 (coordinates) or 5 (coordinates + descriptor ratio).
+        channels: width of the 1 x 1 layers (128). blocks: residual blocks (12).
+    """
+
+    def __init__(self, in_dim: int = 4, channels: int = 128, blocks: int = 12):
+        super().__init__()
+        self.config = {"in_dim": int(in_dim), "channels": int(channels), "blocks": int(blocks)}
+        self.inp = nn.Conv1d(in_dim, channels, 1)
+        self.blocks = nn.ModuleList([_ResBlock(channels) for _ in range(blocks)])
+        self.out = nn.Conv1d(channels, 1, 1)
+        for mod in self.modules():  # truncated normal, std sqrt(2 / fan_in), zero bias
+            if isinstance(mod, nn.Conv1d):
+                nn.init.trunc_normal_(mod.weight, std=(2.0 / mod.in_channels) ** 0.5)
+                nn.init.zeros_(mod.bias)
+
+    @property
+    def in_dim(self) -> int:
+        return self.config["in_dim"]
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x``: ``B x N x in_dim`` (normalised coordinates, optional ratio); ``mask``: ``B x N``
+        bool or None. Returns ``B x N`` logits (``-inf`` at padded entries)."""
+        if x.ndim != 3 or x.shape[-1] != self.in_dim:
+            raise ValueError(f"CNeNet expects B x N x {self.in_dim} input, got {tuple(x.shape)}")
+        if mask is not None and bool(mask.all()):
+            mask_in, mask = mask, None  # fast path: nothing padded
+        else:
+            mask_in = mask
+        h = _pointwise(self.inp, x.transpose(1, 2))
+        for blk in self.blocks:
+            h = blk(h, mask)
+        logits = _pointwise(self.out, h)[:, 0]
+        if mask_in is not None:
+            logits = logits.masked_fill(~mask_in, float("-inf"))
+        return logits
+
+
+def logits_to_weights(logits: torch.Tensor) -> torch.Tensor:
+    """``w = relu(tanh(logit))`` in [0, 1); padded (``-inf``) entries get 0."""
+    return torch.relu(torch.tanh(logits))
+
+
+# ------------------------------------------------------------------ weights
+_CACHE = {}
+
+
+def load_cne(path: Optional[PathLike] = None, device=None) -> CNeNet:
+    """Load a :class:`CNeNet` in eval mode from a ``.pt`` file written by ``lift-train-cne``
+    (``{"config": ..., "state_dict": ...}``, read with ``weights_only=True``).
+
+    Args: path: default :func:`default_weights_path`. device: where to put it.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: the file is not a CNe weight file.
+    """
+    path = Path(path) if path is not None else default_weights_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"CNe weights not found at {path} (train them with lift-train-cne)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read CNe weights {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
+        raise ValueError(f"{path} is not a CNe weight file (expected keys 'config' and 'state_dict')")
+    cfg = dict(blob["config"])
+    net = CNeNet(**{k: cfg[k] for k in ("in_dim", "channels", "blocks") if k in cfg})
+    try:
+        net.load_state_dict(blob["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit the CNe network: {e}") from e
+    return net.eval().to(device)
+
+
+def _default_model(device) -> CNeNet:
+    key = (str(default_weights_path()), str(device))
+    if key not in _CACHE:
+        _CACHE[key] = load_cne(None, device)
+    return _CACHE[key]
+
+
+# ------------------------------------------------------------------ inputs
+def pseudo_intrinsics(image_size: Sequence[float], dtype=torch.float64, device=None) -> torch.Tensor:
+    """``3 x 3`` pseudo-intrinsics of an image of size ``(W, H)``: focal ``1.2 max(W, H)``,
+    principal point ``((W - 1) / 2, (H - 1) / 2)`` (centre, top-left pixel centre at 0)."""
+    W, H = (float(v) for v in image_size)
+    if not (W > 0 and H > 0):
+        raise ValueError(f"image_size must be (W, H) > 0, got {tuple(image_size)}")
+    f = PSEUDO_FOCAL * max(W, H)
+    return torch.tensor([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]], dtype=dtype, device=device)
+
+
+def _normaliser(K, image_size, name: str, B: int, like: torch.Tensor) -> torch.Tensor:
+    """``B x 3 x 3`` matrix whose inverse maps pixels to the network's input coordinates."""
+    if K is not None:
+        from .ransac import _intrinsics  # lazy: ransac dispatches to this module
+
+        return _intrinsics(K, name, B, like)
+    if image_size is None:
+        raise ValueError("give intrinsics K0, K1 or image sizes image_size0, image_size1 (W, H) "
+                         "to normalise the coordinates")
+    sz = np.asarray(image_size, np.float64)
+    if sz.shape == (2,):
+        sz = np.broadcast_to(sz, (B, 2))
+    if sz.shape != (B, 2):
+        raise ValueError(f"image size must be (W, H) or B x 2, got shape {sz.shape}")
+    return torch.stack([pseudo_intrinsics(s, like.dtype, like.device) for s in sz])
+
+
+def normalize_keypoints(kpts0: torch.Tensor, kpts1: torch.Tensor, K0=None, K1=None, image_size0=None,
+                        image_size1=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``B x N x 2`` pixels -> ``B x N x 2`` network coordinates ``K^-1 x`` (K or pseudo-K)."""
+    B = kpts0.shape[0]
+    if (K0 is None) != (K1 is None):
+        raise ValueError("give both K0 and K1 (or neither)")
+    N0 = _normaliser(K0, image_size0, "K0", B, kpts0)
+    N1 = _normaliser(K1, image_size1, "K1", B, kpts1)
+    return apply_similarity(torch.linalg.inv(N0), kpts0), apply_similarity(torch.linalg.inv(N1), kpts1)
+
+
+def _prepare(kpts0, kpts1, K0, K1, image_size0, image_size1, ratio, mask, device):
+    x0, x1, valid, _, batched = batch_correspondences(kpts0, kpts1, mask, None, device)
+    c0, c1 = normalize_keypoints(x0, x1, K0, K1, image_size0, image_size1)
+    feats = [c0, c1]
+    if ratio is not None:
+        r = as_points(ratio, "ratio", x0.device, x0.dtype)
+        if not batched:
+            r = r[None]
+        if tuple(r.shape) != tuple(x0.shape[:2]):
+            raise ValueError(f"ratio must have one value per match, shape {tuple(x0.shape[:2])} "
+                             f"(batched) or ({x0.shape[1]},), got {tuple(r.shape)}")
+        valid = valid & torch.isfinite(r)
+        feats.append(torch.where(valid, r, torch.zeros_like(r))[..., None])
+    return torch.cat(feats, -1), c0, c1, valid, batched
+
+
+# ------------------------------------------------------------------ weighted eight-point
+def weighted_eight_point(x0: torch.Tensor, x1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Differentiable weighted eight-point: ``B x 9`` unit vector ``e`` (row-major ``3 x 3``,
+    ``x1^T E x0 = 0``) minimising ``sum_i w_i (x1_i^T E x0_i)^2``: the eigenvector of the smallest
+    eigenvalue of ``X^T W X`` (float64 ``eigh``). No rank-2 projection (as in the CNe loss).
+
+    Args: x0, x1: ``B x N x 2`` normalised coordinates. weights: ``B x N`` (>= 0; 0 = ignored).
+    The sign of ``e`` is arbitrary."""
+    return weighted_nullvector(epipolar_rows(x0, x1), weights)
+
+
+# ------------------------------------------------------------------ public API
+@torch.no_grad()
+def _run(model: CNeNet, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    if feats.shape[1] == 0:
+        return feats.new_zeros(feats.shape[:2])
+    was = model.training
+    model.eval()
+    p = next(model.parameters())
+    logits = model(feats.to(p.dtype), valid)
+    model.train(was)
+    return logits.to(feats.dtype)
+
+
+def filter_matches(kpts0: ArrayLike, kpts1: ArrayLike, K0: Optional[ArrayLike] = None,
+                   K1: Optional[ArrayLike] = None, image_size0=None, image_size1=None,
+                   ratio: Optional[ArrayLike] = None, mask: Optional[ArrayLike] = None,
+                   model: Optional[CNeNet] = None, weights_path: Optional[PathLike] = None, device=None,
+                   return_logits: bool = False):
+    """Learned inlier weights of putative matches (one image pair or a padded batch).
+
+    Args:
+        kpts0, kpts1: ``N x 2`` / ``B x N x 2`` matched keypoints in pixels (numpy or torch).
+        K0, K1: ``3 x 3`` / ``B x 3 x 3`` intrinsics (preferred), or
+        image_size0, image_size1: ``(W, H)`` (or ``B x 2``) to normalise without intrinsics.
+        ratio: optional ``N`` / ``B x N`` descriptor distance ratios; only for a model trained with
+            them (``in_dim == 5``).
+        mask: optional ``N`` / ``B x N`` bool, False for padded entries.
+        model: a :class:`CNeNet` (default: the shipped weights, or ``weights_path``).
+        return_logits: also return the raw logits.
+
+    Returns:
+        ``(weights, inlier_mask)``: ``N`` / ``B x N`` weights ``relu(tanh(logit))`` in [0, 1) and
+        bool masks ``weights > 0``. Padded, NaN or infinite matches get weight 0. numpy in ->
+        numpy out. ``N = 0`` gives empty arrays.
+
+    Raises:
+        ValueError: mismatched shapes, missing normalisation, ratio given to a 4-input model (or
+        missing for a 5-input one), bad weight file. FileNotFoundError: missing weight file.
+    """
+    as_numpy = isinstance(kpts0, np.ndarray) and isinstance(kpts1, np.ndarray)
+    if model is None:
+        model = load_cne(weights_path, device) if weights_path is not None else _default_model(device)
+    feats, _, _, valid, batched = _prepare(kpts0, kpts1, K0, K1, image_size0, image_size1, ratio, mask, device)
+    if feats.shape[-1] != model.in_dim:
+        raise ValueError(f"the model takes {model.in_dim} inputs per match "
+                         f"({'with' if model.in_dim == 5 else 'without'} ratio), got {feats.shape[-1]}")
+    logits = _run(model, feats.to(next(model.parameters()).device), valid.to(next(model.parameters()).device))
+    logits = logits.to(feats.device).masked_fill(~valid, float("-inf"))
+    w = logits_to_weights(logits)
+    keep = w > 0
+    out = [w, keep] + ([logits] if return_logits else [])
+    if not batched:
+        out = [o[0] for o in out]
+    if as_numpy:
+        out = [o.cpu().numpy() for o in out]
+    return tuple(out)
+
+
+MIN_KEEP = 16  # the pose solvers always get at least this many matches (the best logits)
+
+
+def relative_pose_cne(kpts0: ArrayLike, kpts1: ArrayLike, K0: ArrayLike, K1: ArrayLike,
+                      method: str = "cne+ransac", ratio: Optional[ArrayLike] = None,
+                      mask: Optional[ArrayLike] = None, model: Optional[CNeNet] = None,
+                      weights_path: Optional[PathLike] = None, threshold: Optional[float] = None,
+                      irls_steps: int = 2, device=None, **ransac_options):
+    """Relative pose ``X1 = R X0 + t`` with the learned filter (like ``estimate_relative_pose``).
+
+    * ``method="cne"``: weighted eight-point on the network weights (projected to an essential
+      matrix), then ``irls_steps`` Sampson-reweighted refits (weights x Sampson normalisation,
+      :func:`correspondence.epipolar.essential_fit` with ``init``), then the cheirality test of
+      :func:`correspondence.epipolar.recover_pose` on the matches with positive weight.
+    * ``method="cne+ransac"``: :func:`correspondence.ransac.estimate_relative_pose` on the
+      matches the network keeps (``weight > 0``), sampling proportionally to the weights;
+      ``threshold`` and ``**ransac_options`` go to it.
+
+    If fewer than 16 matches have positive weight, the 16 with the highest logits are used.
+
+    Args:
+        kpts0, kpts1: ``N x 2`` / ``B x N x 2`` pixels. K0, K1: ``3 x 3`` / ``B x 3 x 3``.
+        ratio, mask, model, weights_path, device: as :func:`filter_matches`.
+
+    Returns:
+        ``(R, t, inlier_mask)``: ``3 x 3`` / ``B x 3 x 3``, unit ``3`` / ``B x 3`` and ``N`` /
+        ``B x N`` bool (the matches used that pass cheirality); no model: NaN ``R``, ``t``,
+        all-False mask. numpy in -> numpy out.
+    """
+    if method not in ("cne", "cne+ransac"):
+        raise ValueError(f"method must be 'cne' or 'cne+ransac', got {method!r}")
+    if K0 is None or K1 is None:
+        raise ValueError("relative_pose_cne needs the intrinsics K0 and K1")
+    as_numpy = isinstance(kpts0, np.ndarray) and isinstance(kpts1, np.ndarray)
+    w, keep, logits = filter_matches(kpts0, kpts1, K0, K1, ratio=ratio, mask=mask, model=model,
+                                     weights_path=weights_path, device=device, return_logits=True)
+    w, keep, logits = (torch.as_tensor(v) for v in (w, keep, logits))
+    batched = w.ndim == 2
+    if not batched:
+        w, keep, logits = w[None], keep[None], logits[None]
+    valid = torch.isfinite(logits)
+    # at least MIN_KEEP matches with the best logits (weights floored to a small positive value)
+    k = min(MIN_KEEP, w.shape[1])
+    if k > 0:
+        top = logits.topk(k, dim=1).indices
+        boost = torch.zeros_like(keep).scatter_(1, top, True) & valid & (keep.sum(1, keepdim=True) < MIN_KEEP)
+        w = torch.where(boost & (w <= 0), torch.full_like(w, 1e-3), w)
+        keep = keep | boost
+    if method == "cne+ransac":
+        from .ransac import estimate_relative_pose
+
+        kw = dict(ransac_options)
+        if threshold is not None:
+            kw["threshold"] = threshold
+        k0t = as_points(kpts0, "kpts0", w.device, torch.float64)
+        k1t = as_points(kpts1, "kpts1", w.device, torch.float64)
+        if not batched:
+            k0t, k1t = k0t[None], k1t[None]
+        R, t, inl = estimate_relative_pose(k0t, k1t, K0, K1, mask=keep, weights=w.to(torch.float64), **kw)
+    else:
+        x0, x1, ok, _, _ = batch_correspondences(kpts0, kpts1, None, None, w.device)
+        x0, x1 = x0.double(), x1.double()
+        c0, c1 = normalize_keypoints(x0, x1, K0, K1)
+        ww = torch.where(keep & ok, w.double(), torch.zeros_like(w, dtype=torch.float64))
+        E = essential_fit(c0, c1, ww)
+        for _ in range(max(0, irls_steps)):
+            E = essential_fit(c0, c1, ww, init=E)
+        good = torch.isfinite(E).flatten(1).all(1) & ((ww > 0).sum(1) >= 8)
+        Es = torch.where(good[:, None, None], E, torch.eye(3, dtype=E.dtype).expand_as(E))
+        R, t, inl = recover_pose(Es, c0, c1, keep & ok)
+        good = good & (inl.sum(1) > 0)
+        R = torch.where(good[:, None, None], R, torch.full_like(R, float("nan")))
+        t = torch.where(good[:, None], t, torch.full_like(t, float("nan")))
+        inl = inl & good[:, None]
+    R, t, inl = torch.as_tensor(R), torch.as_tensor(t), torch.as_tensor(inl)
+    if not batched and R.ndim == 3:
+        R, t, inl = R[0], t[0], inl[0]
+    if as_numpy:
+        return R.cpu().numpy(), t.cpu().numpy(), inl.cpu().numpy()
+    return R, t, inl
