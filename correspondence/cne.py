@@ -40,7 +40,7 @@ from torch import nn
 
 from .epipolar import essential_fit, recover_pose
 from .geometry import ArrayLike, apply_similarity, as_points, batch_correspondences, epipolar_rows, \
-    weighted_nullvector
+    sampson_error, weighted_nullvector
 
 __all__ = ["CNeNet", "context_norm", "load_cne", "default_weights_path", "normalize_keypoints",
            "pseudo_intrinsics", "weighted_eight_point", "filter_matches", "relative_pose_cne"]
@@ -364,6 +364,7 @@ def filter_matches(kpts0: ArrayLike, kpts1: ArrayLike, K0: Optional[ArrayLike] =
     return tuple(out)
 
 
+IRLS_PX = (32.0, 16.0, 8.0, 4.0, 2.0, 2.0)  # Cauchy scales of the robust refits of method="cne"
 MIN_KEEP = 16  # the pose solvers always get at least this many matches (the best logits)
 
 
@@ -371,13 +372,15 @@ def relative_pose_cne(kpts0: ArrayLike, kpts1: ArrayLike, K0: ArrayLike, K1: Arr
                       method: str = "cne+ransac", ratio: Optional[ArrayLike] = None,
                       mask: Optional[ArrayLike] = None, model: Optional[CNeNet] = None,
                       weights_path: Optional[PathLike] = None, threshold: Optional[float] = None,
-                      irls_steps: int = 2, device=None, **ransac_options):
+                      irls_steps: int = 6, device=None, **ransac_options):
     """Relative pose ``X1 = R X0 + t`` with the learned filter (like ``estimate_relative_pose``).
 
     * ``method="cne"``: weighted eight-point on the network weights (projected to an essential
-      matrix), then ``irls_steps`` Sampson-reweighted refits (weights x Sampson normalisation,
-      :func:`correspondence.epipolar.essential_fit` with ``init``), then the cheirality test of
-      :func:`correspondence.epipolar.recover_pose` on the matches with positive weight.
+      matrix), then ``irls_steps`` robust refits: network weight x Cauchy weight
+      ``1 / (1 + d^2 / s^2)`` of the Sampson distance ``d``, with the scale ``s`` shrinking
+      32, 16, 8, 4, 2, 2 px (Sampson-normalised, :func:`correspondence.epipolar.essential_fit` with
+      ``init``), then the cheirality test of :func:`correspondence.epipolar.recover_pose` on the
+      kept matches within 4 px of the final model (no sampling, one pass).
     * ``method="cne+ransac"``: :func:`correspondence.ransac.estimate_relative_pose` on the
       matches the network keeps (``weight > 0``), sampling proportionally to the weights;
       ``threshold`` and ``**ransac_options`` go to it.
@@ -429,11 +432,21 @@ def relative_pose_cne(kpts0: ArrayLike, kpts1: ArrayLike, K0: ArrayLike, K1: Arr
         c0, c1 = normalize_keypoints(x0, x1, K0, K1)
         ww = torch.where(keep & ok, w.double(), torch.zeros_like(w, dtype=torch.float64))
         E = essential_fit(c0, c1, ww)
-        for _ in range(max(0, irls_steps)):
-            E = essential_fit(c0, c1, ww, init=E)
+        Kf0, Kf1 = _normaliser(K0, None, "K0", c0.shape[0], x0), _normaliser(K1, None, "K1", c0.shape[0], x0)
+        f = ((Kf0[:, 0, 0] + Kf0[:, 1, 1] + Kf1[:, 0, 0] + Kf1[:, 1, 1]) / 4).abs()[:, None]
         good = torch.isfinite(E).flatten(1).all(1) & ((ww > 0).sum(1) >= 8)
-        Es = torch.where(good[:, None, None], E, torch.eye(3, dtype=E.dtype).expand_as(E))
-        R, t, inl = recover_pose(Es, c0, c1, keep & ok)
+        eye = torch.eye(3, dtype=E.dtype).expand_as(E)
+        for k in range(max(0, irls_steps)):
+            Es = torch.where(good[:, None, None], E, eye)
+            d2 = sampson_error(Es[:, None], c0, c1)[:, 0] * f.square()  # pixels^2
+            s2 = IRLS_PX[min(k, len(IRLS_PX) - 1)] ** 2
+            E = essential_fit(c0, c1, ww / (1 + d2 / s2), init=Es)
+            good = good & torch.isfinite(E).flatten(1).all(1)
+        Es = torch.where(good[:, None, None], E, eye)
+        d2 = sampson_error(Es[:, None], c0, c1)[:, 0] * f.square()
+        close = keep & ok & (d2 < 16.0)
+        use = torch.where((close.sum(1) >= 8)[:, None], close, keep & ok)
+        R, t, inl = recover_pose(Es, c0, c1, use)
         good = good & (inl.sum(1) > 0)
         R = torch.where(good[:, None, None], R, torch.full_like(R, float("nan")))
         t = torch.where(good[:, None], t, torch.full_like(t, float("nan")))
