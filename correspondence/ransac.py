@@ -5,13 +5,15 @@ One generic engine (:class:`RobustEstimator`) runs every problem of a batch at o
 
 1. **Sampling.** Each round draws ``m`` minimal samples for every still-active problem at once,
    proportionally to a prior per match: the ``weights`` given by the caller (e.g. a learned
-   filter's); else uniformly at first and, for problems whose best model still needs more than
-   ``prior_after`` samples (low inlier ratios), from the neighbourhood-consistency prior of
-   :mod:`correspondence.consistency` (half uniform, half proportional to how many neighbours of
-   a match in image 0 are also its neighbours in image 1: right matches of a smooth scene keep
-   their neighbours, wrong ones do not); ``prior="uniform"`` never switches. Samples with a repeated index are rejected. Rounds start at ``first_round``
-   samples per problem and grow ``round_growth`` times up to ``round_samples`` over the batch:
-   few, large, flat tensor operations (the sampling path is bound by the number of operations).
+   filter's); else uniformly at first and, for problems that still need more than
+   ``prior_after`` samples after ``prior_after / 8`` of them (low inlier ratios), from the
+   neighbourhood-consistency prior of :mod:`correspondence.consistency` (half uniform, half
+   proportional to how many neighbours of a match in image 0 are also its neighbours in image
+   1: right matches of a smooth scene keep their neighbours, wrong ones do not);
+   ``prior="uniform"`` never switches. Samples with a repeated index are rejected. Rounds start
+   at ``first_round`` samples per problem and grow ``round_growth`` times up to
+   ``round_samples`` over the batch: few, large, flat tensor operations (the sampling path is
+   bound by the number of operations).
 2. **Degeneracy filter** on the sample (collinear triples and the oriented constraint for H),
    before any solving, on component-major sample tensors; the survivors are compacted.
 3. **Minimal solve**, one batched call for all surviving samples of all problems (closed-form
@@ -149,11 +151,11 @@ class RobustEstimator:
         max_elements: bound on the size of any hypotheses x points error tensor.
         prior: sampling prior when the caller gives no ``weights``: ``"consistency"``
             (default, :func:`correspondence.consistency.consistency_prior`) or ``"uniform"``.
-        prior_after: a problem samples uniformly until its best model still needs more than
-            this many uniform samples; then it switches to the consistency prior (whose cost
-            only pays off at low inlier ratios). Default: the model's ``prior_after`` (16384
-            for H, 4096 for F, 2048 for E: minimal samples cost more the more solutions the
-            solver returns).
+        prior_after: a problem that, after ``prior_after / 8`` uniform samples, still needs more
+            than ``prior_after`` of them switches to the consistency prior (whose cost only
+            pays off at low inlier ratios). Default: the model's ``prior_after`` (16384 for H,
+            4096 for F, 2048 for E: about the cost of the prior in minimal samples, which cost
+            more the more solutions a solver returns).
     """
 
     def __init__(self, model: ModelSpec, threshold: float, confidence: float = 0.999,
@@ -454,8 +456,12 @@ class RobustEstimator:
             a = ids.numel()
             if a == 0:
                 break
-            if lazy_prior and rnd > 0:
-                switch = ids[~weighted[ids] & (still_needed(ids) > self.prior_after) & (n_valid[ids] > s)]
+            if lazy_prior:
+                # once a problem has drawn prior_after / 8 uniform samples (a fair chance to
+                # have found its model at moderate inlier ratios), it switches if its best model
+                # still needs more than prior_after samples (about the cost of the prior)
+                switch = ids[~weighted[ids] & (n_u[ids] * 8 >= self.prior_after) & (n_valid[ids] > s)]
+                switch = switch[still_needed(switch) > self.prior_after]
                 if switch.numel():
                     if prob is None:
                         prob = valid_o.to(dt) / n_valid.clamp_min(1)[:, None].to(dt)

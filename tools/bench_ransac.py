@@ -9,8 +9,8 @@ Protocol (issue "Batched robust estimation in torch"):
   total time / trials.
 * Batch: 64 problems (N=2000, r=0.5) in one call vs 64 ``cv2.USAC_MAGSAC`` calls in a loop.
 * ``ours`` samples uniformly, then from the neighbourhood-consistency prior once a problem
-  would need more than 16384 (H) or 2048 (E) uniform samples; ``ours, uniform sampling`` is the ablation
-  (``prior="uniform"``).
+  still needs more than 16384 (H) or 2048 (E) samples after 1/8 of that;
+  ``ours, uniform sampling`` is the ablation (``prior="uniform"``).
 * Relative pose: synthetic scenes (N=2000, r in {0.5, 0.25, 0.1}, 1 px noise, focal 500 px),
   pose error = max(rotation error, translation direction error); mAP@X = mean of the accuracies
   at 5, 10, ..., X degrees (CNe / OANet convention); 1 px threshold for every method.
