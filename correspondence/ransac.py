@@ -713,8 +713,14 @@ def estimate_relative_pose(kpts0: ArrayLike, kpts1: ArrayLike, K0: Optional[Arra
                            K1: Optional[ArrayLike] = None, threshold: Optional[float] = None,
                            confidence: float = 0.999, max_iters: int = 10_000,
                            weights: Optional[ArrayLike] = None, mask: Optional[ArrayLike] = None,
-                           seed: Optional[int] = 0, device=None, refine_iters: int = 30, **options):
+                           seed: Optional[int] = 0, device=None, refine_iters: int = 30,
+                           method: str = "ransac", **options):
     """Relative pose ``X1 = R X0 + t`` from matches (``findEssentialMat`` + ``recoverPose``).
+
+    ``method="ransac"`` (default) is described below. ``"cne"`` and ``"cne+ransac"`` first run
+    the learned outlier filter (:func:`correspondence.cne.relative_pose_cne`: a weighted
+    eight-point fit on the network's weights, or this RANSAC on the matches the network keeps,
+    sampled by its weights); they need ``K0`` and ``K1`` and take no ``weights``.
 
     Runs :func:`find_essential`, decomposes E into its 4 poses and keeps the one with most
     inliers triangulated in front of both cameras (cheirality), then refines ``(R, t)`` by
@@ -728,6 +734,16 @@ def estimate_relative_pose(kpts0: ArrayLike, kpts1: ArrayLike, K0: Optional[Arra
         translations (direction only), and the inliers that pass the cheirality test. No model:
         NaN ``R`` and ``t``, all-False mask.
     """
+    if method in ("cne", "cne+ransac"):
+        if weights is not None:
+            raise ValueError(f"method={method!r} computes its own weights; do not pass weights")
+        from .cne import relative_pose_cne  # the network loads only when asked for
+
+        return relative_pose_cne(kpts0, kpts1, K0, K1, method=method, mask=mask, threshold=threshold,
+                                 device=device, confidence=confidence, max_iters=max_iters, seed=seed,
+                                 refine_iters=refine_iters, **options)
+    if method != "ransac":
+        raise ValueError(f"method must be 'ransac', 'cne' or 'cne+ransac', got {method!r}")
     as_numpy = _is_numpy(kpts0, kpts1)
     E, inl, c0, c1, batched, (thr, s0, s1, valid) = _essential(kpts0, kpts1, K0, K1, threshold, confidence, max_iters,
                                                        weights, mask, seed, device, options)
