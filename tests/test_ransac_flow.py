@@ -204,28 +204,32 @@ def test_dense_to_sparse_follows_the_flow(photo):
 
 
 def _nonrigid_pair(photo, seed=0):
-    """Target = source under a homography plus a smooth non-rigid field (amplitude ~4 px)."""
+    """Target = source under a homography plus a smooth non-rigid field (std 4 px)."""
+    from correspondence.training.flow_data import warp_with_flow_gt
+
     rng = np.random.default_rng(seed)
     h, w = photo.shape
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     field = cv2.resize(rng.normal(0, 4.0, (4, 4, 2)).astype(np.float32), (w, h),
                        interpolation=cv2.INTER_CUBIC)
-    Hinv = np.linalg.inv(H_TRUE)
-    q = np.stack([xs.ravel(), ys.ravel()], 1)
-    # target(q) = source(H^-1 q + d(q)): build the sampling map, then the forward GT by inversion
-    back = (_apply(Hinv, q).reshape(h, w, 2) + field).astype(np.float32)
-    target = cv2.remap(photo, back[..., 0], back[..., 1], cv2.INTER_LINEAR, borderValue=0)
-    inv = np.zeros((h, w, 2), np.float32)
-    # forward flow: fixed-point inversion of q -> back(q) on the source grid
-    p = np.stack([xs, ys], -1)
-    qf = _apply(H_TRUE, p.reshape(-1, 2)).reshape(h, w, 2).astype(np.float32)
-    for _ in range(10):
-        b = np.stack([cv2.remap(back[..., i], qf[..., 0], qf[..., 1], cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_REPLICATE) for i in range(2)], -1)
-        qf = qf + (p - b)
-    inv = qf - p
-    inside = (qf[..., 0] >= 0) & (qf[..., 0] <= w - 1) & (qf[..., 1] >= 0) & (qf[..., 1] <= h - 1)
-    return target, inv, inside
+    return warp_with_flow_gt(photo, H_TRUE, field)
+
+
+def test_warp_with_flow_gt_is_consistent(photo):
+    """The ground truth of the synthetic pairs: target sampled at p + flow[p] is the source."""
+    target, flow, valid = _nonrigid_pair(photo)
+    h, w = photo.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    back = cv2.remap(target.astype(np.float32), xs + flow[..., 0], ys + flow[..., 1],
+                     cv2.INTER_LINEAR)
+    inner = valid.copy()
+    inner[:8], inner[-8:], inner[:, :8], inner[:, -8:] = False, False, False, False
+    assert valid.mean() > 0.6
+    assert np.median(np.abs(back - photo)[inner]) < 4.0  # grey levels, bilinear twice
+    from correspondence.training.flow_data import warp_with_flow_gt
+
+    no_field = warp_with_flow_gt(photo, H_TRUE, np.zeros((h, w, 2), np.float32))[1]
+    exact = _homography_flow(H_TRUE, w, h)[0]
+    assert np.abs(no_field - exact)[valid].max() < 0.05
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped weights flow_default.pt not built yet")
@@ -240,3 +244,20 @@ def test_shipped_weights_refine_the_coarse_alignment(photo):
     assert np.mean(e_f < 1) > np.mean(e_c < 1) + 0.2
     # matchability is high where the flow is right
     assert fine.matchability[inside].mean() > 0.6
+
+
+def test_lift_align_cli(tmp_path, capsys):
+    from correspondence.cli.align import main
+
+    assert main(["--coarse-only", "--max-homographies", "1", "--coarse-size", "192",
+                 "-o", str(tmp_path / "pair")]) == 0
+    out = capsys.readouterr().out
+    err = float(out.split("mean end-point error ")[1].split(" px")[0])
+    assert err < 3.0, out  # the built-in pair's ground-truth homography
+    pic = cv2.imread(str(tmp_path / "pair_flow.png"))
+    warped = cv2.imread(str(tmp_path / "pair_warped.png"))
+    assert pic is not None and warped is not None and pic.shape[0] == 240
+    npz = np.load(tmp_path / "pair_flow.npz")
+    assert npz["flow"].shape[-1] == 2 and npz["homographies"].shape == (1, 3, 3)
+    assert main([str(tmp_path / "missing.png"), str(tmp_path / "pair_flow.png")]) == 1
+    assert "no image file" in capsys.readouterr().err

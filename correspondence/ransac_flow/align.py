@@ -9,11 +9,12 @@
    * reverse flow on the target grid: ``q -> H_k^-1(q + g(q))``;
    * forward flow on the source grid: ``p -> H_k p + g'(H_k p)``;
    * cycle-consistent matchability ``M(q) = M_ts(q) * M_st(q + g(q)) * [inside]`` (paper 6.2).
-3. Multi-homography (paper): target pixels with ``M >= matchability_threshold`` are explained by
-   ``H_k``; matches landing there are dropped and RANSAC runs again, until a new homography
+3. Multi-homography (paper): target pixels with ``M >= matchability_threshold`` (and those
+   covered by the inlier matches of ``H_k``) are explained by ``H_k``; matches landing there are
+   dropped and RANSAC runs again, until a new homography
    explains at most ``min_new_area`` of the target or ``max_homographies`` are found.
-4. Fusion: per pixel, the first homography whose matchability reaches the threshold, otherwise
-   the one with the highest matchability.
+4. Fusion: per pixel, the first homography whose matchability reaches the threshold (paper),
+   otherwise the one whose coarse area covers the pixel, otherwise the most matchable one.
 
 Pixel convention of the library: top-left pixel centre (0, 0), ``(x, y)``. ``flow[p]``:
 source pixel ``p`` corresponds to target pixel ``p + flow[p]``.
@@ -194,16 +195,14 @@ class RansacFlow:
         m_fwd = sample_flow_at(m_st, q0_r) * _inside(q0, wt, ht) * _inside(fwd, wt, ht)
         return back - grid_t, m_rev, fwd - grid_s, m_fwd
 
-    def _coarse_matchability(self, res, H: np.ndarray, mask: np.ndarray):
-        """Coarse-only mode: a homography's matchability is 1 inside its coarse area (on the
-        target grid; at ``H p`` for source pixels) and the image, 0 elsewhere."""
-        back, inside_rev, fwd, inside_fwd = res
+    def _areas(self, fwd: torch.Tensor, mask: np.ndarray):
+        """A homography's coarse area (``mask``, target grid) on both grids: ``1 x 1 x H_t x
+        W_t`` and, at ``p + fwd[p]``, ``1 x 1 x H_s x W_s``."""
         hs, ws = fwd.shape[-2:]
         m = torch.from_numpy(mask).float().to(self.device)[None, None]
         q = identity_grid(hs, ws, self.device) + fwd
-        m_fwd = F.grid_sample(m, pixel_to_grid(q, *m.shape[-2:]), mode="nearest",
-                              align_corners=True) * inside_fwd
-        return back, m * inside_rev, fwd, m_fwd
+        return m, F.grid_sample(m, pixel_to_grid(q, *m.shape[-2:]), mode="nearest",
+                                align_corners=True)
 
     # ------------------------------------------------------------------ main entry
     def __call__(self, source, target) -> Alignment:
@@ -216,10 +215,13 @@ class RansacFlow:
         results = []  # fine (or coarse) flows of every homography RANSAC proposed, in order
 
         def explain(H, inl_dst):
+            # area explained by H: where its inlier matches lie, and (fine stage, as the paper)
+            # where the cycle-consistent matchability of its fine flow reaches the threshold
             results.append(self._fine(H, src, tgt))
-            if self.net is None:
-                return inlier_area_mask(inl_dst, (wt, ht), max(4.0, max(wt, ht) / 40.0))
-            return (results[-1][1][0, 0] >= self.th).cpu().numpy()
+            area = inlier_area_mask(inl_dst, (wt, ht), max(4.0, max(wt, ht) / 40.0))
+            if self.net is not None:
+                area |= (results[-1][1][0, 0] >= self.th).cpu().numpy()
+            return area
 
         coarse: CoarseResult = multi_homography(
             sp.cpu().numpy(), dp.cpu().numpy(), (ws, hs), (wt, ht), explain,
@@ -228,16 +230,19 @@ class RansacFlow:
             raise ValueError("align: the coarse stage found no homography relating the two "
                              f"images ({len(sp)} mutual matches); they may not overlap")
         kept = results[:len(coarse)]  # a rejected proposal can only be the last one
-        if self.net is None:  # coarse only: "matchability" = inside and in the homography's area
-            kept = [self._coarse_matchability(r, Hk, m) for r, Hk, m in
-                    zip(kept, coarse.homographies, coarse.masks)]
+        areas = [self._areas(r[2], m) for r, m in zip(kept, coarse.masks)]
+        area_t = torch.cat([a[0] for a in areas])
+        area_s = torch.cat([a[1] for a in areas])
         rev = torch.cat([r[0] for r in kept])  # K x 2 x Ht x Wt
         mrev = torch.cat([r[1] for r in kept])  # K x 1 x Ht x Wt
         fwd = torch.cat([r[2] for r in kept])
         mfwd = torch.cat([r[3] for r in kept])
-        th = 0.5 if self.net is None else self.th
-        flow, match, idx = _fuse(fwd, mfwd, th)
-        rflow, rmatch, _ = _fuse(rev, mrev, th)
+        if self.net is None:  # coarse only: "matchability" = inside the image and the area
+            mrev, mfwd, th = mrev * area_t, mfwd * area_s, 0.5
+        else:
+            th = self.th
+        flow, match, idx = _fuse(fwd, mfwd, th, area_s)
+        rflow, rmatch, _ = _fuse(rev, mrev, th, area_t)
         warped = warp(src_c[None].to(self.device), identity_grid(ht, wt, self.device) + rflow[None])[0]
         inside = _inside(identity_grid(ht, wt, self.device) + rflow[None], ws, hs)[0]
         warped = warped * inside
@@ -252,13 +257,18 @@ class RansacFlow:
             coarse_only=self.net is None)
 
 
-def _fuse(flows: torch.Tensor, matches: torch.Tensor, th: float):
-    """``K x 2 x h x w`` flows and ``K x 1 x h x w`` matchabilities -> per pixel the first
-    homography whose matchability is >= ``th``, else the most matchable one. Returns
-    ``(2 x h x w flow, h x w matchability, h x w index)``."""
+def _fuse(flows: torch.Tensor, matches: torch.Tensor, th: float, areas: torch.Tensor):
+    """Per pixel, the first homography whose matchability is >= ``th``; elsewhere the one whose
+    coarse area covers the pixel (areas are disjoint), else the most matchable one.
+
+    Args:
+        flows: ``K x 2 x h x w``; matches, areas: ``K x 1 x h x w``.
+
+    Returns:
+        ``(2 x h x w flow, h x w matchability, h x w index)``."""
     m = matches[:, 0]
     good = m >= th
-    first = torch.where(good.any(0), good.float().argmax(0), m.argmax(0))
+    first = torch.where(good.any(0), good.float().argmax(0), (m + areas[:, 0]).argmax(0))
     flow = torch.gather(flows, 0, first[None, None].expand(1, 2, -1, -1))[0]
     match = torch.gather(m, 0, first[None])[0]
     return flow, match, first

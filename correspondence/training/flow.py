@@ -235,6 +235,7 @@ class FlowTrainer:
 
     def run(self) -> Path:
         args = self.args
+        threads = torch.get_num_threads()
         torch.set_num_threads(args.threads)
         self.out.mkdir(parents=True, exist_ok=True)
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -270,6 +271,7 @@ class FlowTrainer:
                 signal.signal(s, h)
             if bar is not None:
                 bar.close()
+            torch.set_num_threads(threads)
         path = self.export(self.out / "model.pt")
         if args.export and self.step >= args.steps:
             self.export(Path(args.export))

@@ -29,7 +29,8 @@ import torch
 
 from lift.image import IMAGE_EXTENSIONS, load_image
 
-__all__ = ["HELD_OUT", "photo_paths", "load_photos", "SyntheticFlowPairs", "random_warp_pair"]
+__all__ = ["HELD_OUT", "photo_paths", "load_photos", "SyntheticFlowPairs", "random_warp_pair",
+           "warp_with_flow_gt", "random_benchmark_warp"]
 
 #: photo folders held out of training (benchmark material)
 HELD_OUT = ("CSet14", "CSet5")
@@ -154,3 +155,61 @@ class SyntheticFlowPairs:
                 "b": torch.from_numpy(np.stack([it["b"] for it in items]))[:, None],
                 "flow": torch.from_numpy(np.stack([it["flow"] for it in items])).permute(0, 3, 1, 2),
                 "valid": torch.from_numpy(np.stack([it["valid"] for it in items]))[:, None]}
+
+
+def warp_with_flow_gt(image: np.ndarray, H: np.ndarray, field: np.ndarray, iters: int = 12):
+    """Full-image synthetic pair with exact ground truth (for tests and the benchmark).
+
+    The target is ``target(q) = image(H^-1 q + field(q))`` (``field``: ``h x w x 2`` px on the
+    target grid, e.g. smooth non-rigid motion; zero outside the image). The forward flow on the
+    source grid is found by fixed-point inversion of ``q -> H^-1 q + field(q)``.
+
+    Args:
+        image: ``h x w`` or ``h x w x 3`` source (any dtype cv2.remap accepts).
+        H: ``3 x 3`` source -> target homography (pixels). field: ``h x w x 2`` float32.
+
+    Returns:
+        ``(target, flow, valid)``: target like ``image``; ``h x w x 2`` float32 flow (source
+        pixel ``p`` -> target pixel ``p + flow[p]``); ``h x w`` bool, the correspondent lies
+        inside the target and the inversion converged (residual < 0.05 px).
+    """
+    h, w = image.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    grid = np.stack([xs, ys], -1)
+
+    def apply(M, pts):
+        den = M[2, 0] * pts[..., 0] + M[2, 1] * pts[..., 1] + M[2, 2]
+        return np.stack([(M[0, 0] * pts[..., 0] + M[0, 1] * pts[..., 1] + M[0, 2]) / den,
+                         (M[1, 0] * pts[..., 0] + M[1, 1] * pts[..., 1] + M[1, 2]) / den],
+                        -1).astype(np.float32)
+
+    back = apply(np.linalg.inv(H), grid) + field.astype(np.float32)
+    target = cv2.remap(image, back[..., 0], back[..., 1], cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    q = apply(H, grid)
+    for _ in range(iters):
+        b = np.stack([cv2.remap(back[..., i], q[..., 0], q[..., 1], cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE) for i in range(2)], -1)
+        q = q + (grid - b)
+    b = np.stack([cv2.remap(back[..., i], q[..., 0], q[..., 1], cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REPLICATE) for i in range(2)], -1)
+    valid = ((q[..., 0] >= 0) & (q[..., 0] <= w - 1) & (q[..., 1] >= 0) & (q[..., 1] <= h - 1)
+             & (np.linalg.norm(b - grid, axis=-1) < 0.05))
+    return target, (q - grid).astype(np.float32), valid
+
+
+def random_benchmark_warp(image: np.ndarray, rng: np.random.Generator, corner: float = 0.12,
+                          smooth: float = 4.0):
+    """A seeded benchmark pair from one photo: homography with corners moved by up to
+    ``corner`` x the image side, plus a smooth field (4 x 4 grid, std ``smooth`` px, bicubic),
+    plus photometric change of the target. Returns :func:`warp_with_flow_gt`'s triple and H."""
+    h, w = image.shape[:2]
+    c = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float32)
+    d = c + rng.uniform(-corner, corner, (4, 2)) * [w, h]
+    H = cv2.getPerspectiveTransform(c, d.astype(np.float32)).astype(np.float64)
+    field = cv2.resize(rng.normal(0, smooth, (4, 4, 2)).astype(np.float32), (w, h),
+                       interpolation=cv2.INTER_CUBIC)
+    target, flow, valid = warp_with_flow_gt(image, H, field)
+    t = target.astype(np.float32) / 255.0 * rng.uniform(0.8, 1.2) + rng.uniform(-0.05, 0.05)
+    t = np.clip(t, 0, 1) ** rng.uniform(0.8, 1.25)
+    return (np.clip(t * 255 + 0.5, 0, 255)).astype(np.uint8), flow, valid, H
