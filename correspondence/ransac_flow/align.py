@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lift.image import ImageError, to_gray_tensor
-from .coarse import DEFAULT_SCALES, CoarseResult, dense_matches, inlier_area_mask, multi_homography
+from .coarse import DEFAULT_SCALES, CoarseResult, dense_matches, multi_homography
 from .features import DenseDescriptor
 from .fine import FineFlowNet, identity_grid, load_fine_net, pixel_to_grid, sample_flow_at, warp
 
@@ -215,13 +215,12 @@ class RansacFlow:
         results = []  # fine (or coarse) flows of every homography RANSAC proposed, in order
 
         def explain(H, inl_dst):
-            # area explained by H: where its inlier matches lie, and (fine stage, as the paper)
-            # where the cycle-consistent matchability of its fine flow reaches the threshold
+            # run the fine stage for H; it explains where its cycle-consistent matchability
+            # reaches the threshold (the paper's criterion)
             results.append(self._fine(H, src, tgt))
-            area = inlier_area_mask(inl_dst, (wt, ht), max(4.0, max(wt, ht) / 40.0))
-            if self.net is not None:
-                area |= (results[-1][1][0, 0] >= self.th).cpu().numpy()
-            return area
+            if self.net is None:
+                return np.zeros((ht, wt), bool)
+            return (results[-1][1][0, 0] >= self.th).cpu().numpy()
 
         coarse: CoarseResult = multi_homography(
             sp.cpu().numpy(), dp.cpu().numpy(), (ws, hs), (wt, ht), explain,

@@ -8,11 +8,12 @@ Pipeline (methods notes 6.1):
 3. Robust homography by :func:`correspondence.find_homography` (batched hypotheses, LO, IRLS
    refit), inlier tolerance ``tolerance x`` the target's long side (the paper's 0.05 in [-1, 1]
    units is 0.025 of the side).
-4. **Multi-homography**: the target area explained by the homography (by default: the cells of
-   its inlier matches, closed morphologically; :func:`correspondence.align` passes the fine
-   network's matchability instead, as the paper) is masked, matches landing there are dropped and
-   RANSAC runs again, until the newly explained area is at most ``min_new_area`` of the image
-   (the first homography is always kept) or ``max_homographies`` are found.
+4. **Multi-homography**: the target area explained by the homography (the cells of its inlier
+   matches, closed morphologically, plus what ``explain`` adds: :func:`correspondence.align`
+   passes the fine network's matchability, as the paper) is masked, matches landing there are
+   dropped and RANSAC runs again, until a new homography's inliers cover at most
+   ``min_new_area`` of new target area or have fewer than ``min_inlier_ratio`` of the first
+   one's inliers (the first homography is always kept), or ``max_homographies`` are found.
 
 Homographies map source pixels to target pixels (library convention, top-left pixel centre at
 (0, 0)).
@@ -156,20 +157,24 @@ ExplainFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 def multi_homography(src_pts: np.ndarray, dst_pts: np.ndarray, src_size: Tuple[int, int],
                      dst_size: Tuple[int, int], explain: Optional[ExplainFn] = None,
                      max_homographies: int = 4, min_new_area: float = 0.01,
-                     tolerance: float = 0.025, min_inliers: int = 12, seed: Optional[int] = 0,
+                     tolerance: float = 0.025, min_inliers: int = 12,
+                     min_inlier_ratio: float = 0.1, seed: Optional[int] = 0,
                      **ransac) -> CoarseResult:
     """Fit homographies one after the other to the matches not yet explained.
 
     Args:
         src_pts, dst_pts: ``N x 2`` matches (source / target pixels).
         src_size, dst_size: ``(W, H)`` of the two images.
-        explain: ``explain(H, inlier_dst_pts) -> H_t x W_t bool`` target area explained by a
-            homography; default :func:`inlier_area_mask` of its inliers with 16 px cells (scaled
-            with the image).
+        explain: optional ``explain(H, inlier_dst_pts) -> H_t x W_t bool``: further target area
+            explained by a homography (:func:`correspondence.align` passes the fine network's
+            matchability >= threshold, as the paper), added to the area of its inlier matches
+            (:func:`inlier_area_mask`, cells of 1/40 of the long side).
         max_homographies: most homographies (1 = the single-homography coarse stage).
-        min_new_area: stop when a new homography explains at most this fraction of the target.
+        min_new_area: stop when a new homography's inliers cover at most this fraction of the
+            target outside the area already explained.
         tolerance: RANSAC inlier threshold as a fraction of the target's long side.
-        min_inliers: a homography needs at least this many inliers.
+        min_inliers: a homography needs at least this many inliers, and a later one at least
+            ``min_inlier_ratio`` times the first one's.
         seed, **ransac: passed to :func:`correspondence.find_homography`.
 
     Returns:
@@ -179,24 +184,25 @@ def multi_homography(src_pts: np.ndarray, dst_pts: np.ndarray, src_size: Tuple[i
     dst_pts = np.asarray(dst_pts, np.float32).reshape(-1, 2)
     wt, ht = dst_size
     thr = tolerance * max(wt, ht)
-    if explain is None:
-        cell = max(4.0, max(wt, ht) / 40.0)
-
-        def explain(H, inl_dst):
-            return inlier_area_mask(inl_dst, dst_size, cell)
-
+    cell = max(4.0, max(wt, ht) / 40.0)
     covered = np.zeros((ht, wt), bool)
     active = np.ones(len(src_pts), bool)
     Hs, masks, counts = [], [], []
     while len(Hs) < max_homographies and active.sum() >= max(4, min_inliers):
         H, inl = find_homography(src_pts[active], dst_pts[active], threshold=thr, seed=seed, **ransac)
         n_inl = int(inl.sum())
-        if n_inl < min_inliers or not plausible_homography(H, src_size):
+        need = max(min_inliers, min_inlier_ratio * counts[0]) if counts else min_inliers
+        if n_inl < need or not plausible_homography(H, src_size):
             break
         ids = np.nonzero(active)[0]
-        area = explain(H, dst_pts[ids[inl]]) & ~covered
-        if Hs and area.mean() <= min_new_area:
+        inl_area = inlier_area_mask(dst_pts[ids[inl]], dst_size, cell) & ~covered
+        # a later homography must explain new area with its own inliers (a wrong homography
+        # can look "matchable" on flat regions), then the explain() area is added
+        if Hs and inl_area.mean() <= min_new_area:
             break
+        area = inl_area
+        if explain is not None:
+            area = area | (explain(H, dst_pts[ids[inl]]) & ~covered)
         Hs.append(H.astype(np.float64))
         masks.append(area)
         counts.append(n_inl)

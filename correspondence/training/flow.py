@@ -73,11 +73,18 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, c1: float = 0.01 ** 2,
     return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
 
 
-def stage_of(step: int, steps: int) -> int:
-    """Training stage (1, 2, 3) of ``step`` in a run of ``steps`` (2/3, 1/6, 1/6 of the steps)."""
-    if step < math.ceil(steps * 2 / 3):
+def stage_of(step: int, steps: int, bounds: str = "") -> int:
+    """Training stage (1, 2, 3) of ``step`` in a run of ``steps``: by default the first 2/3 of
+    the steps are stage 1, the next 1/6 stage 2, the rest stage 3 (the paper's 200/50/50
+    epochs); ``bounds = "S2,S3"`` gives the first steps of stages 2 and 3 explicitly (e.g. to
+    extend a finished run's stage 3 with a larger ``steps``)."""
+    if bounds:
+        s2, s3 = (int(v) for v in bounds.split(","))
+    else:
+        s2, s3 = math.ceil(steps * 2 / 3), math.ceil(steps * 5 / 6)
+    if step < s2:
         return 1
-    return 2 if step < math.ceil(steps * 5 / 6) else 3
+    return 2 if step < s3 else 3
 
 
 def flow_losses(out: Dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, stage: int,
@@ -193,7 +200,7 @@ class FlowTrainer:
 
     def train_step(self, step: int) -> Dict[str, float]:
         args = self.args
-        stage = stage_of(step, args.steps)
+        stage = stage_of(step, args.steps, args.stage_steps)
         batch = self.data.batch(step, args.batch_size)
         self.net.train()
         out = self.net(batch["a"], batch["b"])
@@ -229,6 +236,7 @@ class FlowTrainer:
         meta = {"steps": self.step, "batch_size": self.args.batch_size, "crop": self.args.crop,
                 "lr": self.args.lr, "cycle_weight": self.args.cycle_weight,
                 "match_weight": self.args.match_weight, "gt_weight": self.args.gt_weight,
+                "stage_steps": self.args.stage_steps or "2/3,5/6 of steps",
                 "seed": self.args.seed, "wall_s": round(self.elapsed, 1),
                 "data": "synthetic warps of ../shared/data/photos minus HELD_OUT (CSet14, CSet5)"}
         return self.net.save(path, meta)
@@ -291,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match-weight", type=float, default=0.02, help="lambda")
     p.add_argument("--gt-weight", type=float, default=0.02,
                    help="weight of the synthetic ground-truth terms (0 = self-supervised only)")
+    p.add_argument("--stage-steps", default="",
+                   help="first steps of stages 2 and 3 as 'S2,S3' (default: 2/3 and 5/6 of --steps)")
     p.add_argument("--margin", type=int, default=4)
     p.add_argument("--max-side", type=int, default=512, help="photos are downscaled to this")
     p.add_argument("--arch", default="", help="FineFlowNet arguments as JSON")
