@@ -240,10 +240,11 @@ def test_shipped_weights_refine_the_coarse_alignment(photo):
     fine = align(photo, target, model="default", max_homographies=1)
     e_c = np.linalg.norm(coarse.flow - gt, axis=-1)[inside]
     e_f = np.linalg.norm(fine.flow - gt, axis=-1)[inside]
-    assert e_f.mean() < 0.7 * e_c.mean(), (e_f.mean(), e_c.mean())
-    assert np.mean(e_f < 1) > np.mean(e_c < 1) + 0.2
+    # measured with the shipped weights: coarse 2.72 px / PCK@1 0.14, fine 0.65 px / 0.83
+    assert e_f.mean() < 0.35 * e_c.mean() and e_f.mean() < 1.0, (e_f.mean(), e_c.mean())
+    assert np.mean(e_f < 1) > np.mean(e_c < 1) + 0.5
     # matchability is high where the flow is right
-    assert fine.matchability[inside].mean() > 0.6
+    assert fine.matchability[inside].mean() > 0.9
 
 
 def test_lift_align_cli(tmp_path, capsys):
