@@ -60,5 +60,9 @@ class Descriptor(nn.Module):
         if patches.ndim != 4 or patches.shape[1:] != (1, self.input_size, self.input_size):
             raise ValueError(f"Descriptor expects N x 1 x {self.input_size} x {self.input_size} "
                              f"patches, got {tuple(patches.shape)}")
-        x = self.features(normalize_patches(patches)).flatten(1)
-        return F.normalize(x, dim=1)
+        return self.forward_standardized(normalize_patches(patches))
+
+    def forward_standardized(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` for patches already standardised by :func:`lift.layers.normalize_patches`
+        (the runtime standardises in float32 before running the network in bfloat16)."""
+        return F.normalize(self.features(x).flatten(1), dim=1)

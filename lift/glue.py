@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["soft_argmax", "soft_max_score", "patch_affine", "patch_grid", "extract_patches",
-           "extract_patches_pyramid", "build_pyramid", "blur_downsample", "pyramid_depth",
+           "extract_patches_pyramid", "pyramid_atlas", "build_pyramid", "blur_downsample", "pyramid_depth",
            "pyramid_level"]
 
 
@@ -177,13 +177,38 @@ def build_pyramid(image: torch.Tensor, num_levels: int) -> List[torch.Tensor]:
     return pyr
 
 
+def pyramid_atlas(pyramid: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
+    """Pack a pyramid into one image: level 0 at the top left, levels 1, 2, ... stacked below
+    each other in a column to its right. Returns ``(atlas B x C x Ha x Wa, [(x0, y0) of each
+    level])``; level ``l`` occupies ``atlas[..., y0:y0 + h_l, x0:x0 + w_l]``."""
+    base = pyramid[0]
+    h0, w0 = base.shape[-2:]
+    if len(pyramid) == 1:
+        return base, [(0, 0)]
+    offsets, y = [(0, 0)], 0
+    for lev in pyramid[1:]:
+        offsets.append((w0, y))
+        y += lev.shape[-2]
+    wa = w0 + max(lev.shape[-1] for lev in pyramid[1:])
+    atlas = base.new_zeros(base.shape[:-2] + (max(h0, y), wa))
+    for (x0, y0), lev in zip(offsets, pyramid):
+        atlas[..., y0:y0 + lev.shape[-2], x0:x0 + lev.shape[-1]] = lev
+    return atlas, offsets
+
+
 def extract_patches_pyramid(pyramid: Sequence[torch.Tensor], keypoints: torch.Tensor,
                             scales: torch.Tensor, oris: Optional[torch.Tensor] = None,
                             patch_size: int = 32, support: float = 6.0,
                             batch_index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Anti-aliased patch extraction: each patch is sampled from the pyramid level whose pixel
     step is closest below the patch's step (``2 support sigma / S`` image pixels per patch
-    pixel), so that bilinear sampling never skips more than one level pixel.
+    pixel, :func:`pyramid_level`), so that bilinear sampling never skips more than one level
+    pixel. Samples outside a level take its nearest border pixel (``padding_mode="border"``).
+
+    All levels are sampled by one ``grid_sample`` call per image: the levels are packed into an
+    atlas (:func:`pyramid_atlas`) and every sample position is clamped to its own level's
+    pixel-centre range before it is moved into the atlas, which is exactly border padding for
+    bilinear sampling. Differentiable in the image, keypoints, scales and orientations.
 
     Args:
         pyramid: from :func:`build_pyramid`, level l is the image at scale 2^-l.
@@ -192,18 +217,55 @@ def extract_patches_pyramid(pyramid: Sequence[torch.Tensor], keypoints: torch.Te
     """
     n = keypoints.shape[0]
     base = pyramid[0]
+    bsz, ch = base.shape[:2]
     if n == 0:
-        return base.new_zeros((0, base.shape[1], patch_size, patch_size))
+        return base.new_zeros((0, ch, patch_size, patch_size))
     if batch_index is None:
+        if bsz != 1:
+            raise ValueError("extract_patches_pyramid needs batch_index when the batch has B > 1")
         batch_index = torch.zeros(n, dtype=torch.long, device=base.device)
+    dtype, dev = base.dtype, base.device
+    atlas, offsets = pyramid_atlas(pyramid)
+    ha, wa = atlas.shape[-2:]
     level = pyramid_level(2.0 * support * scales / patch_size, len(pyramid))
-    out = base.new_empty((n, base.shape[1], patch_size, patch_size))
-    for lev in torch.unique(level).tolist():
-        sel = torch.nonzero(level == lev).squeeze(1)
-        f = 2.0 ** lev
-        kp = (keypoints[sel] + 0.5) / f - 0.5
-        out[sel] = extract_patches(pyramid[lev], kp, scales[sel] / f,
-                                   None if oris is None else oris[sel], patch_size, support,
-                                   batch_index=batch_index[sel])
+    f = torch.exp2(level.to(dtype))
+    geo = torch.tensor([[w, h, x0, y0] for (x0, y0), (h, w) in
+                        zip(offsets, [p.shape[-2:] for p in pyramid])], dtype=dtype, device=dev)[level]
+    # affine map of patch coordinates (u, v, 1) to level pixels, N x 3 x 2
+    r = support * scales.to(dtype) / f
+    if oris is None:
+        c, s = r, torch.zeros_like(r)
+    else:
+        c, s = r * torch.cos(oris.to(dtype)), r * torch.sin(oris.to(dtype))
+    ctr = (keypoints.to(dtype) + 0.5) / f[:, None] - 0.5
+    affine = torch.stack([torch.stack([c, s], 1), torch.stack([-s, c], 1), ctr], 1)
+    # the same map to normalised atlas coordinates (align_corners=False), one matmul for all
+    norm = torch.tensor([2.0 / wa, 2.0 / ha], dtype=dtype, device=dev)
+    shift = (geo[:, 2:] + 0.5) * norm - 1  # level origin in atlas coordinates, N x 2
+    affine_n = torch.cat([affine[:, :2] * norm, (affine[:, 2:] * norm + shift[:, None])], 1)
+    u = (2 * torch.arange(patch_size, dtype=dtype, device=dev) + 1) / patch_size - 1
+    uv1 = torch.stack([u.repeat(patch_size), u.repeat_interleave(patch_size),
+                       torch.ones(patch_size * patch_size, dtype=dtype, device=dev)], 1)
+    grid = torch.matmul(uv1, affine_n)  # N x S^2 x 2, row-major patch pixels
+    # border padding, per level: clamp the samples of the patches that leave their level to its
+    # pixel-centre range (the patch window is a parallelogram: its corner samples bound it)
+    corner = uv1[[0, patch_size - 1, -patch_size, -1]]
+    cpix = torch.matmul(corner, affine)  # N x 4 x 2 level pixels
+    size = geo[:, :2]
+    out_side = ((cpix < 0) | (cpix > size[:, None] - 1)).flatten(1).any(1)
+    sel = torch.nonzero(out_side).squeeze(1)
+    if len(sel):
+        lo = shift[sel, None]
+        hi = lo + (size[sel, None] - 1) * norm
+        grid.index_put_((sel,), torch.minimum(torch.maximum(grid[sel], lo), hi))
+    if bsz == 1:
+        out = F.grid_sample(atlas, grid.view(1, n * patch_size, patch_size, 2), mode="bilinear",
+                            padding_mode="border", align_corners=False)
+        return out.view(ch, n, patch_size, patch_size).transpose(0, 1)
+    out = base.new_empty((n, ch, patch_size, patch_size))
+    for bi in torch.unique(batch_index).tolist():
+        sel = torch.nonzero(batch_index == bi).squeeze(1)
+        p = F.grid_sample(atlas[bi:bi + 1], grid[sel].view(1, -1, patch_size, 2), mode="bilinear",
+                          padding_mode="border", align_corners=False)
+        out[sel] = p.view(ch, len(sel), patch_size, patch_size).transpose(0, 1)
     return out
-

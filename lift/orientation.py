@@ -62,7 +62,12 @@ class Orientation(nn.Module):
         if patches.ndim != 4 or patches.shape[1:] != (1, self.input_size, self.input_size):
             raise ValueError(f"Orientation expects N x 1 x {self.input_size} x {self.input_size} "
                              f"patches, got {tuple(patches.shape)}")
-        x = self.features(normalize_patches(patches)).flatten(1)
+        return self.forward_standardized(normalize_patches(patches))
+
+    def forward_standardized(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` for patches already standardised by :func:`lift.layers.normalize_patches`
+        (the runtime standardises in float32 before running the network in bfloat16)."""
+        x = self.features(x).flatten(1)
         x = ghh(self.fc1(x), self.num_sum, self.num_max)
         x = ghh(self.fc2(x), self.num_sum, self.num_max)
         # LIFT's output normalisation: divide by the max-abs value, nudge away from zero,

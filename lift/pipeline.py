@@ -28,6 +28,9 @@ from .nms import scale_space_nms
 
 __all__ = ["LIFT", "LIFTConfig", "detect_and_describe"]
 
+#: target pixels per detector stripe (see ``LIFT._score_level``)
+STRIPE_PIXELS = 160_000
+
 
 @dataclass
 class LIFTConfig:
@@ -52,9 +55,10 @@ class LIFTConfig:
             orientation and descriptor networks run in. ``"auto"`` picks bfloat16 on CPUs with
             native bfloat16 arithmetic (AVX512-BF16 / AMX: 1.5-3x faster there) and float32
             elsewhere. Patches are standardised in float32 first, and descriptors re-normalised
-            in float32: against float32, orientations differ by 0.07 deg (median; 0.4 deg at the
-            99th percentile) and descriptors have cosine similarity > 0.999. The detector always
-            runs in float32.
+            in float32: against float32 (6 photos, 2048 keypoints each), orientations differ by
+            0.09 deg (median; 1.6 deg at the 99th percentile) and 99 % of the descriptors have
+            cosine similarity > 0.997 (a few patches with two near-equal dominant directions
+            flip orientation). The detector always runs in float32.
     """
 
     max_keypoints: Optional[int] = 2048
@@ -251,9 +255,10 @@ class LIFT(nn.Module):
             sl = slice(s, s + self.conf.patch_batch)
             patches = extract_patches_pyramid(pyr, kp[sl], sc[sl], None if ori is None else ori[sl],
                                               net.input_size, DESCRIPTOR_SUPPORT, bidx[sl])
-            if dtype != patches.dtype:  # standardise first: bfloat16 would flatten faint texture
-                patches = normalize_patches(patches).to(dtype)
-            outs.append(net(patches.contiguous(memory_format=torch.channels_last)).float())
+            # standardised in float32 (bfloat16 would flatten faint texture), then cast
+            patches = normalize_patches(patches).to(dtype)
+            outs.append(net.forward_standardized(
+                patches.contiguous(memory_format=torch.channels_last)).float())
         return torch.cat(outs)
 
     def _orientations(self, pyr, kp, sc, bidx) -> torch.Tensor:
@@ -266,19 +271,20 @@ class LIFT(nn.Module):
 
     def _score_level(self, level: torch.Tensor) -> torch.Tensor:
         """Detector scores for one resized level (``B x 1 x h x w`` -> same, -inf border),
-        computed on horizontal stripes to bound memory."""
+        computed on horizontal stripes: at most ``tile_rows`` rows (bounds memory on huge
+        images) and about ``STRIPE_PIXELS`` pixels per stripe and image, so that the 16-channel
+        convolution output of a stripe stays in cache (1.4x faster on a 640 x 480 level)."""
         det = self.model.detector
-        h = level.shape[-2]
-        rows = max(self.conf.tile_rows, 2 * det.kernel_size)
-        if h <= rows:
-            return det.score_map(level)
+        bsz, _, h, w = level.shape
         b = det.border
-        out = []
+        rows = min(self.conf.tile_rows, max(STRIPE_PIXELS // max(w, 1), 1))
+        rows = max(rows, 2 * det.kernel_size)
+        out = level.new_full((bsz, 1, h, w), -math.inf)
         for top in range(0, h - 2 * b, rows):
             stripe = level[..., top:min(h, top + rows + 2 * b), :]
-            out.append(det(stripe))
-        valid = torch.cat(out, dim=-2)
-        return F.pad(valid, (b, b, b, b), value=-math.inf)
+            s = det(stripe)
+            out[..., b + top:b + top + s.shape[-2], b:w - b] = s
+        return out
 
     def _detect(self, batch: torch.Tensor, masks: Sequence[Optional[torch.Tensor]]):
         """Keypoints of a ``B x 1 x H x W`` batch. Returns per image (xy N x 2, sigma N, score N)."""

@@ -113,3 +113,52 @@ def test_patch_grid_equals_affine_grid():
     theta = torch.randn(7, 2, 3, dtype=torch.float64)
     ref = F.affine_grid(theta, (7, 1, 9, 9), align_corners=False)
     torch.testing.assert_close(patch_grid(theta, 9), ref)
+
+
+def _per_level_reference(pyr, kp, sc, ori, size, support, bidx):
+    """The direct definition: each patch cut from its own pyramid level with border padding."""
+    from lift.glue import pyramid_level
+
+    level = pyramid_level(2.0 * support * sc / size, len(pyr))
+    out = pyr[0].new_empty((len(kp), 1, size, size))
+    for lev in torch.unique(level).tolist():
+        sel = torch.nonzero(level == lev).squeeze(1)
+        f = 2.0 ** lev
+        out[sel] = extract_patches(pyr[lev], (kp[sel] + 0.5) / f - 0.5, sc[sel] / f,
+                                   None if ori is None else ori[sel], size, support,
+                                   batch_index=bidx[sel])
+    return out
+
+
+@pytest.mark.parametrize("rotated", [True, False])
+def test_atlas_extraction_equals_per_level_sampling(rotated):
+    """One grid_sample over the packed pyramid gives the per-level crops, including patches that
+    leave the image (border padding of their own level, never pixels of a neighbouring level)."""
+    torch.manual_seed(0)
+    img = torch.rand(2, 1, 97, 131)
+    pyr = build_pyramid(img, 4)
+    n = 600
+    kp = torch.rand(n, 2) * torch.tensor([150.0, 120.0]) - 10  # some centres outside
+    sc = torch.rand(n) * 12 + 0.5
+    ori = torch.rand(n) * 2 * math.pi - math.pi if rotated else None
+    bidx = torch.randint(0, 2, (n,))
+    got = extract_patches_pyramid(pyr, kp, sc, ori, 32, 6.0, bidx)
+    ref = _per_level_reference(pyr, kp, sc, ori, 32, 6.0, bidx)
+    assert len(torch.unique(torch.floor(torch.log2(12.0 * sc / 32).clamp_min(0)))) >= 3
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+    one = extract_patches_pyramid([p[:1] for p in pyr], kp, sc, ori, 16, 6.0)
+    ref1 = _per_level_reference([p[:1] for p in pyr], kp, sc, ori, 16, 6.0, torch.zeros(n).long())
+    torch.testing.assert_close(one, ref1, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="batch_index"):
+        extract_patches_pyramid(pyr, kp, sc, ori, 32, 6.0)
+
+
+def test_atlas_extraction_is_differentiable():
+    torch.manual_seed(1)
+    img = torch.rand(1, 1, 40, 50, dtype=torch.float64)
+    pyr = build_pyramid(img, 2)
+    kp = torch.tensor([[20.3, 18.6], [3.0, 35.0]], dtype=torch.float64, requires_grad=True)
+    sc = torch.tensor([1.1, 2.9], dtype=torch.float64, requires_grad=True)
+    ori = torch.tensor([0.3, -1.2], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda k, s, o: extract_patches_pyramid(pyr, k, s, o, 8, 6.0), (kp, sc, ori))

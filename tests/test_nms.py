@@ -91,3 +91,21 @@ def test_patch_normalisation_matches_mean_std():
     p = torch.rand(5, 1, 8, 8) * torch.linspace(0.1, 3, 5)[:, None, None, None]
     ref = (p - p.mean((-2, -1), keepdim=True)) / (p.std((-2, -1), keepdim=True) + 1e-6)
     torch.testing.assert_close(normalize_patches(p), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_ghh_and_strided_max_pool_equal_their_definitions():
+    from lift.layers import MaxPool, ghh
+
+    torch.manual_seed(4)
+    x = torch.randn(3, 32, 7, 5)
+    ref = x.reshape(3, 2, 4, 4, 7, 5).amax(3)
+    ref = ref[:, :, 0] - ref[:, :, 1] + ref[:, :, 2] - ref[:, :, 3]
+    torch.testing.assert_close(ghh(x, 4, 4, dim=1), ref)
+    y = torch.randn(6, 48)  # last-dim GHH, 3 outputs of 4 x 4 pieces
+    r2 = y.reshape(6, 3, 4, 4).amax(-1)
+    torch.testing.assert_close(ghh(y, 4, 4, dim=-1), r2[..., 0] - r2[..., 1] + r2[..., 2] - r2[..., 3])
+    for p, shape in ((2, (4, 5, 10, 11)), (3, (2, 3, 9, 13))):
+        z = torch.randn(shape)
+        torch.testing.assert_close(MaxPool(p)(z), F.max_pool2d(z, p))
+        zc = z.bfloat16().contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(MaxPool(p)(zc), F.max_pool2d(zc, p))
