@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from .descriptor import Descriptor
+from .layers import MaxPool
 from .detector import Detector
 from .orientation import Orientation
 
@@ -83,12 +84,13 @@ class LIFTModel(nn.Module):
 
     def inference_nets(self) -> Dict[str, nn.Module]:
         """Frozen copies of the orientation and descriptor networks for fast inference: batch
-        norm folded into the preceding convolutions and channels-last memory layout (about 1.6x
-        faster on CPU). The copies do not follow later changes of this model's weights."""
+        norm folded into the preceding convolutions, max pooling moved before the ReLU it
+        follows (the same values on a 4x smaller map) and channels-last memory layout (about
+        1.6x faster on CPU). The copies do not follow later changes of this model's weights."""
         out = {}
         for name in ("orientation", "descriptor"):
             net = copy.deepcopy(getattr(self, name)).eval()
-            net.features = _fold_batch_norm(net.features)
+            net.features = _pool_before_relu(_fold_batch_norm(net.features))
             out[name] = net.to(memory_format=torch.channels_last)
         return out
 
@@ -169,6 +171,16 @@ def _fold_batch_norm(seq: nn.Sequential) -> nn.Sequential:
             out.append(layers[i])
             i += 1
     return nn.Sequential(*out)
+
+
+def _pool_before_relu(seq: nn.Sequential) -> nn.Sequential:
+    """Swap every ``ReLU -> max pool`` pair: max pooling commutes with a monotone activation,
+    so the output is identical and the ReLU runs on the pooled map."""
+    layers = list(seq)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], nn.ReLU) and isinstance(layers[i + 1], (MaxPool, nn.MaxPool2d)):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    return nn.Sequential(*layers)
 
 
 def resolve_weights(name_or_path: Union[str, Path]) -> Path:

@@ -1,11 +1,10 @@
 """Non-maximum suppression over space and scale, edge rejection and sub-pixel/sub-scale
 refinement of detector score maps (all torch ops, batched over images and candidates).
 
-The work is split in two: per scale level, a handful of dense tensor ops find the pixels that
-survive the spatial and scale maxima tests and gather their 3 x 3 neighbourhood and their values
-at the neighbouring scales; then one vectorised pass over the candidates of *all* levels does the
-edge test and the quadratic refinement (so the cost of the small per-candidate ops is paid once,
-not once per level).
+All levels are flattened into one buffer, so each step (spatial maxima, the tests against the
+neighbouring scales, the 3 x 3 neighbourhood gather, the edge test and the quadratic refinement)
+is one vectorised op over the candidates of *all* levels and images: the cost of the many small
+per-candidate ops is paid once, not once per level.
 """
 from __future__ import annotations
 
@@ -18,14 +17,6 @@ __all__ = ["scale_space_nms"]
 
 # 3 x 3 neighbourhood offsets (dy, dx), row-major: index 4 is the centre
 _NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-
-
-def _nearest_index(n_here: int, f_here: float, f_there: float, n_there: int, dtype, device):
-    """Index of the nearest pixel centre of a level resized by ``f_there`` for each of the
-    ``n_here`` pixel centres of a level resized by ``f_here`` (same image, one axis)."""
-    i = torch.arange(n_here, device=device, dtype=dtype)
-    orig = (i + 0.5) / f_here - 0.5  # position in the original image
-    return ((orig + 0.5) * f_there - 0.5).round().long().clamp(0, n_there - 1)
 
 
 def scale_space_nms(levels: Sequence[Tuple[float, float, float, torch.Tensor, torch.Tensor]],
@@ -56,63 +47,62 @@ def scale_space_nms(levels: Sequence[Tuple[float, float, float, torch.Tensor, to
     if not levels:
         return torch.zeros((0, 5))
     dtype, device = levels[0][3].dtype, levels[0][3].device
+    nlev = len(levels)
+    # every level's scores and window maxima in one flat buffer; per-level geometry tables
+    s_all = torch.cat([lv[3].reshape(-1) for lv in levels])
+    p_all = torch.cat([lv[4].reshape(-1) for lv in levels])
+    sizes = [lv[3].numel() for lv in levels]
+    base_l = torch.tensor([0] + sizes[:-1], device=device).cumsum(0)
+    h_l = torch.tensor([lv[3].shape[-2] for lv in levels], device=device)
+    w_l = torch.tensor([lv[3].shape[-1] for lv in levels], device=device)
+    geo = torch.tensor([[lv[0], lv[1], lv[2]] for lv in levels], dtype=dtype, device=device)
+
+    # spatial maxima (finite: -inf marks undefined borders), all levels in one pass
+    keep = (s_all == p_all) & (s_all > -math.inf)
+    if conf.score_threshold is not None:
+        keep &= s_all > conf.score_threshold
+    g = torch.nonzero(keep).squeeze(1)  # flat index into s_all
+    lev = torch.searchsorted(base_l, g, right=True) - 1
+    hh, ww = h_l[lev], w_l[lev]
+    loc = g - base_l[lev]
+    xi, yi, bi = loc % ww, (loc // ww) % hh, loc // (hh * ww)
+    ok = (xi > 0) & (xi < ww - 1) & (yi > 0) & (yi < hh - 1)  # off the outer pixel ring
+    val = s_all[g]
+    fx, fy = geo[lev, 1], geo[lev, 2]
+
+    def at_level(k2, src):
+        """``src`` (s_all or p_all) at the nearest pixel of level ``k2`` (clamped into
+        range) to each candidate's position."""
+        k2c = k2.clamp(0, nlev - 1)
+        h2, w2 = h_l[k2c], w_l[k2c]
+        y2 = (((yi.to(dtype) + 0.5) / fy - 0.5 + 0.5) * geo[k2c, 2] - 0.5).round().long()
+        x2 = (((xi.to(dtype) + 0.5) / fx - 0.5 + 0.5) * geo[k2c, 1] - 0.5).round().long()
+        y2 = torch.minimum(y2.clamp_min(0), h2 - 1)
+        x2 = torch.minimum(x2.clamp_min(0), w2 - 1)
+        return src[base_l[k2c] + (bi * h2 + y2) * w2 + x2]
+
+    # strictly above the window maxima of the neighbouring scales
+    for dk in range(-conf.scale_nms, conf.scale_nms + 1):
+        if dk == 0:
+            continue
+        k2 = lev + dk
+        exists = (k2 >= 0) & (k2 < nlev)
+        ok &= ~exists | (val > at_level(k2, p_all))
+    sel = torch.nonzero(ok).squeeze(1)
+    g, lev, bi, yi, xi, ww, val, fx, fy = (t[sel] for t in (g, lev, bi, yi, xi, ww, val, fx, fy))
+    dy = torch.tensor([d[0] for d in _NEIGHBOURS], device=device)
+    dx = torch.tensor([d[1] for d in _NEIGHBOURS], device=device)
+    win = s_all[g[:, None] + dy * ww[:, None] + dx]  # K x 9, row-major 3 x 3
     refine_scale = conf.refine and conf.scale_nms >= 1
-    nb_idx = {}  # (k, k2) -> (row index, column index) of level k2 at the pixels of level k
-
-    def neighbour_index(k, k2):
-        if (k, k2) not in nb_idx:
-            _, fx, fy, s, _ = levels[k]
-            _, fx2, fy2, s2, _ = levels[k2]
-            nb_idx[(k, k2)] = (_nearest_index(s.shape[-2], fy, fy2, s2.shape[-2], dtype, device),
-                               _nearest_index(s.shape[-1], fx, fx2, s2.shape[-1], dtype, device))
-        return nb_idx[(k, k2)]
-
-    parts = []  # per level: (bi, yi, xi, 3x3 values K x 9, value at scale -1, at scale +1, level)
-    for k, (sigma, fx, fy, s, pooled) in enumerate(levels):
-        bsz, hh, ww = s.shape
-        if hh < 3 or ww < 3:
-            continue
-        # spatial maxima (finite: -inf marks undefined borders), off the outer pixel ring
-        keep = (s == pooled) & (s > -math.inf)
-        if conf.score_threshold is not None:
-            keep &= s > conf.score_threshold
-        centre = torch.nonzero(keep.view(-1)).squeeze(1)  # flat index (b, y, x)
-        xi, yi, bi = centre % ww, (centre // ww) % hh, centre // (hh * ww)
-        ok = (xi > 0) & (xi < ww - 1) & (yi > 0) & (yi < hh - 1)
-        val = s.view(-1)[centre]
-        # strictly above the window maxima of the neighbouring scales (sparse gathers)
-        for dk in range(-conf.scale_nms, conf.scale_nms + 1):
-            if dk == 0 or not 0 <= k + dk < len(levels):
-                continue
-            ry, rx = neighbour_index(k, k + dk)
-            p2 = levels[k + dk][4]
-            ok &= val > p2.view(-1)[(bi * p2.shape[-2] + ry[yi]) * p2.shape[-1] + rx[xi]]
-        sel = torch.nonzero(ok).squeeze(1)
-        if len(sel) == 0:
-            continue
-        centre, bi, yi, xi = centre[sel], bi[sel], yi[sel], xi[sel]
-        offs = torch.tensor([dy * ww + dx for dy, dx in _NEIGHBOURS], device=device)
-        win = s.view(-1)[centre[:, None] + offs]  # K x 9
-        sides = []
-        for dk in (-1, 1):
-            if refine_scale and 0 <= k + dk < len(levels):
-                ry, rx = neighbour_index(k, k + dk)
-                s2 = levels[k + dk][3]
-                sides.append(s2.view(-1)[(bi * s2.shape[-2] + ry[yi]) * s2.shape[-1] + rx[xi]])
-            else:
-                sides.append(torch.full_like(win[:, 4], math.nan))
-        parts.append((bi, yi, xi, win, sides[0], sides[1], torch.full_like(bi, k)))
-    if not parts:
-        return torch.zeros((0, 5), dtype=dtype, device=device)
-    bi, yi, xi, win, sm, sp, lev = (torch.cat(p) for p in zip(*parts))
-
-    # per-candidate level geometry
-    sig = torch.tensor([l[0] for l in levels], dtype=dtype, device=device)[lev]
-    fx = torch.tensor([l[1] for l in levels], dtype=dtype, device=device)[lev]
-    fy = torch.tensor([l[2] for l in levels], dtype=dtype, device=device)[lev]
+    sides = []
+    for dk in (-1, 1):
+        k2 = lev + dk
+        v = at_level(k2, s_all) if refine_scale else torch.full_like(val, math.nan)
+        sides.append(torch.where((k2 >= 0) & (k2 < nlev), v, torch.full_like(v, math.nan)))
+    sm, sp = sides
+    sig = geo[lev, 0]
 
     # spatial derivatives of the score at the candidate (3 x 3 neighbourhood)
-    val = win[:, 4]
     dxx = win[:, 5] + win[:, 3] - 2 * val
     dyy = win[:, 7] + win[:, 1] - 2 * val
     dxy = (win[:, 8] - win[:, 6] - win[:, 2] + win[:, 0]) / 4
