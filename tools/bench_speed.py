@@ -1,8 +1,9 @@
 """Speed benchmark: ``lift.detect_and_describe`` vs ``cv2.SIFT_create(2048).detectAndCompute``.
 
 Protocol: the same 640 x 480 grey photos (scikit-image's data module, resized), 2 threads for
-both libraries, one warm-up call per image, then the median over ``--repeats`` rounds of the
-per-image wall time; keypoint counts reported. A stage breakdown of lift (scale space + NMS,
+both libraries, one warm-up call per image, then ``--repeats`` rounds in which SIFT and lift run
+back to back on each image; the median per-image wall time of each and the median of the paired
+per-call ratios; keypoint counts reported (lift also at SIFT's keypoint count). A stage breakdown of lift (scale space + NMS,
 orientation, descriptors) is measured with the same protocol. Writes a Markdown report.
 
     python tools/bench_speed.py --output benchmarks/speed.md
@@ -44,6 +45,26 @@ def photos(size=(640, 480)):
             im = cv2.cvtColor(im, cv2.COLOR_RGB2GRAY)
         out.append(cv2.resize(im, size, interpolation=cv2.INTER_AREA))
     return out
+
+
+def paired_ms(fns, images, repeats):
+    """Median ms per image of each function in ``fns`` (name -> fn), run back to back on the same
+    image in every round (so that a change of machine load hits all of them alike), plus the
+    median over all (round, image) pairs of the time ratio of each function to the first."""
+    names = list(fns)
+    for im in images:
+        for name in names:
+            fns[name](im)
+    times = {name: [] for name in names}
+    for _ in range(repeats):
+        for im in images:
+            for name in names:
+                t = time.perf_counter()
+                fns[name](im)
+                times[name].append(time.perf_counter() - t)
+    ref = np.array(times[names[0]])
+    return {name: (1000 * statistics.median(times[name]),
+                   float(np.median(np.array(times[name]) / ref))) for name in names}
 
 
 def median_ms(fn, images, repeats):
@@ -100,16 +121,24 @@ def main(argv=None) -> Path:
     ex = LIFT(model, max_keypoints=args.max_keypoints)
     sift = cv2.SIFT_create(args.max_keypoints)
     rows = []
-    t_sift = median_ms(lambda im: sift.detectAndCompute(im, None), images, args.repeats)
-    t_lift = median_ms(lambda im: ex.extract(im), images, args.repeats)
+    load0 = os.getloadavg()[0]
     n_sift = np.mean([len(sift.detect(im, None)) for im in images])
     n_lift = np.mean([len(ex.extract(im)) for im in images])
-    rows.append(("cv2 SIFT detectAndCompute", t_sift, n_sift, 1.0))
-    rows.append(("lift detect_and_describe", t_lift, n_lift, t_lift / t_sift))
+    same_n = LIFT(model, max_keypoints=int(round(n_sift)))
+    res = paired_ms({"sift": lambda im: sift.detectAndCompute(im, None),
+                     "lift": lambda im: ex.extract(im),
+                     "lift_same_n": lambda im: same_n.extract(im)}, images, args.repeats)
+    t_sift = res["sift"][0]
+    rows.append(("cv2 SIFT detectAndCompute", t_sift, n_sift, 1.0, 1.0))
+    rows.append(("lift detect_and_describe", res["lift"][0], n_lift, res["lift"][0] / t_sift,
+                 res["lift"][1]))
+    rows.append((f"lift, max_keypoints = SIFT's mean count ({n_sift:.0f})", res["lift_same_n"][0],
+                 np.mean([len(same_n.extract(im)) for im in images]),
+                 res["lift_same_n"][0] / t_sift, res["lift_same_n"][1]))
     paper = LIFT(LIFTModel(lift.model.PAPER_CONFIG).eval(), max_keypoints=args.max_keypoints)
     t_paper = median_ms(lambda im: paper.extract(im), images[:2], 1)
     rows.append(("lift, paper architecture (random init; 25 px detector, 64 px patches)", t_paper,
-                 float("nan"), t_paper / t_sift))
+                 float("nan"), t_paper / t_sift, float("nan")))
     det, ori, desc = stage_times(ex, images, args.repeats)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
@@ -123,14 +152,19 @@ def main(argv=None) -> Path:
         f"(torch {torch.__version__}, OpenCV {cv2.__version__}); shared machine, compare ratios",
         f"- command: `{cmd}`",
         f"- images: {len(images)} scikit-image photos ({', '.join(IMAGES)}) resized to 640x480 grey; "
-        f"one warm-up per image, median per-image wall time over {args.repeats} rounds",
+        f"one warm-up per image, then {args.repeats} rounds in which every method runs on the same "
+        "image back to back; median per-image wall time, and the median of the per-call ratios "
+        "to SIFT's time on the same image in the same round (the paired ratio: robust to load "
+        "changes during the run)",
         f"- lift model: {note}",
+        f"- load average (1 min) at start / end: {load0:.2f} / {os.getloadavg()[0]:.2f}",
         "",
-        "| method | median ms / image | keypoints / image | time vs SIFT |",
-        "|---|---:|---:|---:|",
+        "| method | median ms / image | keypoints / image | time vs SIFT (medians) | time vs SIFT (paired) |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for name, t, n, r in rows:
-        lines.append(f"| {name} | {t:.1f} | {'' if np.isnan(n) else f'{n:.0f}'} | {r:.2f}x |")
+    for name, t, n, r, rp in rows:
+        lines.append(f"| {name} | {t:.1f} | {'' if np.isnan(n) else f'{n:.0f}'} | {r:.2f}x | "
+                     f"{'' if np.isnan(rp) else f'{rp:.2f}x'} |")
     lines += ["", "Where lift's time goes (median ms / image, same protocol):", "",
               "| stage | ms |", "|---|---:|",
               f"| scale space + detector + NMS + refinement | {det:.1f} |",
