@@ -19,7 +19,9 @@ Protocol (issue "Learned outlier filter (CNe)"), all methods in one run:
   weighted eight-point (``relative_pose_cne(method="cne")``) and CNe + our RANSAC on the kept
   matches (``method="cne+ransac"``). For real pairs with two intrinsics the single-K anchors get
   image-1 keypoints re-expressed with ``K0`` (``K0 K1^-1 x1``; the same rays).
-* CNe inference time for N=2000 (median of 30 runs).
+* CNe inference time for N=2000: the network pass ``filter_matches`` runs (``CNeNet.infer``, default
+  precision) and the whole ``filter_matches`` call, with the float32 paths as anchors in the same
+  interleaved rounds (median and 10th percentile of 100).
 
 Writes ``benchmarks/cne.md``; ``main()`` returns its path.
 
@@ -46,7 +48,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_ransac import CONFIDENCE, SIZE, _machine, _timed, pose_methods  # noqa: E402
 
-from correspondence.cne import default_weights_path, load_cne, relative_pose_cne  # noqa: E402
+from correspondence.cne import _prepare, default_weights_path, filter_matches, inference_dtype, load_cne, \
+    relative_pose_cne  # noqa: E402
 from correspondence.synthetic import relative_pose_problem, rotation_error_deg, translation_error_deg  # noqa: E402
 from correspondence.training.cne import map_at  # noqa: E402
 from correspondence.training.cne_data import TEST_STRECHA, build_real_cache, load_real_cache  # noqa: E402
@@ -105,18 +108,37 @@ def evaluate(fns: Dict[str, Callable], probs: List[dict], label: str) -> List[di
     return rows
 
 
-def inference_time(model, n: int = 2000, runs: int = 30) -> float:
-    """Median ms of one forward pass on ``n`` correspondences (no autograd)."""
-    x = torch.randn(1, n, model.in_dim) * 0.5
+def inference_times(model, n: int = 2000, runs: int = 100) -> Dict[str, tuple]:
+    """``(median, 10th percentile)`` ms per call on one pair of ``n`` correspondences, over
+    ``runs`` interleaved rounds (the four calls share the machine's noise; the 10th percentile
+    is the least disturbed rounds on a shared machine):
+
+    * ``"filter_matches"``: :func:`correspondence.cne.filter_matches` from pixels and K (what
+      users call; normalisation included), default precision;
+    * ``"network"``: its network pass, ``model.infer`` with the default ``precision="auto"``;
+    * ``"network float32"``: ``model.infer(precision="float32")``;
+    * ``"forward"``: the float32 training forward ``model(x)`` under ``inference_mode``
+      (what ``filter_matches`` ran before the inference path).
+    """
+    p = relative_pose_problem(np.random.default_rng(1), n, 0.25, noise=1.0, size=SIZE)
+    k0, k1 = torch.from_numpy(p["kpts0"]).float(), torch.from_numpy(p["kpts1"]).float()
+    K = torch.from_numpy(p["K"]).float()
+    x = _prepare(k0, k1, K, K, None, None, None, None, None)[0]  # the network input filter_matches builds
+    calls = {"filter_matches": lambda: filter_matches(k0, k1, K, K, model=model),
+             "network": lambda: model.infer(x),
+             "network float32": lambda: model.infer(x, precision="float32"),
+             "forward": lambda: model(x)}
+    ts = {k: [] for k in calls}
     with torch.inference_mode():
         for _ in range(3):
-            model(x)
-        ts = []
+            for fn in calls.values():
+                fn()
         for _ in range(runs):
-            t = time.perf_counter()
-            model(x)
-            ts.append(time.perf_counter() - t)
-    return float(np.median(ts) * 1e3)
+            for k, fn in calls.items():
+                t = time.perf_counter()
+                fn()
+                ts[k].append(time.perf_counter() - t)
+    return {k: (float(np.median(v) * 1e3), float(np.percentile(v, 10) * 1e3)) for k, v in ts.items()}
 
 
 def synthetic_sets(scenes: int, seed: int) -> Dict[str, List[dict]]:
@@ -140,7 +162,7 @@ def real_set(path: Path) -> List[dict]:
     return pairs
 
 
-def write_report(path: Path, command: str, machine: str, elapsed: float, rows: List[dict], notes, inf_ms: float,
+def write_report(path: Path, command: str, machine: str, elapsed: float, rows: List[dict], notes, inf_ms: dict,
                  weights: Path, meta: dict, scenes: int, n_real: int):
     sets = list(dict.fromkeys(r["set"] for r in rows))
     lines = ["# Learned outlier filter benchmark (correspondence.cne)", "",
@@ -155,8 +177,15 @@ def write_report(path: Path, command: str, machine: str, elapsed: float, rows: L
              "- pose error = max(rotation, translation-direction) error; mAP@X = mean accuracy at 5..X degrees "
              "(CNe convention); AUC@X = area under the recall curve to X degrees; 1 px threshold for every "
              "RANSAC; time = median per pair, environment OMP_WAIT_POLICY=PASSIVE (set by the script).",
-             f"- CNe inference, N = 2000 correspondences, {torch.get_num_threads()} threads: **{inf_ms:.1f} ms** "
-             "(median of 30 forward passes).", ""]
+             f"- CNe inference, N = 2000 correspondences, {torch.get_num_threads()} threads: "
+             f"**{inf_ms['network'][0]:.1f} ms** (10th percentile {inf_ms['network'][1]:.1f} ms) the network pass as "
+             f"`filter_matches` runs it (`CNeNet.infer`, precision \"auto\" = "
+             f"{str(inference_dtype('auto')).replace('torch.', '')} here), {inf_ms['filter_matches'][0]:.1f} ms "
+             f"({inf_ms['filter_matches'][1]:.1f}) the whole `filter_matches` call (pixels + K to weights); anchors "
+             f"in the same rounds: {inf_ms['network float32'][0]:.1f} ms ({inf_ms['network float32'][1]:.1f}) "
+             f"`infer(precision=\"float32\")`, {inf_ms['forward'][0]:.1f} ms ({inf_ms['forward'][1]:.1f}) the float32 "
+             "training forward `model(x)`, which `filter_matches` ran before (medians and 10th percentiles of 100 "
+             "interleaved rounds).", ""]
     for s in sets:
         lines += [f"## {s}", "", "| method | mAP@5 | mAP@10 | mAP@20 | AUC@5 | AUC@10 | AUC@20 | median err (deg) "
                   "| ms / pair |", "|---|---|---|---|---|---|---|---|---|"]
@@ -189,8 +218,9 @@ def main(argv=None) -> Path:
     model = load_cne(args.weights)
     meta = torch.load(args.weights, map_location="cpu", weights_only=True).get("meta", {})
     t0 = time.perf_counter()
-    inf_ms = inference_time(model)
-    print(f"CNe inference N=2000: {inf_ms:.1f} ms", flush=True)
+    inf_ms = inference_times(model)
+    print("CNe inference N=2000 (median / p10): " + ", ".join(f"{k} {v[0]:.1f} / {v[1]:.1f} ms"
+                                                            for k, v in inf_ms.items()), flush=True)
     fns, notes = methods(model)
     rows = []
     for label, probs in synthetic_sets(args.scenes, args.seed).items():
