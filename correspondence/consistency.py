@@ -25,6 +25,8 @@ import torch
 
 __all__ = ["neighbour_consistency", "consistency_prior"]
 
+_DENSE_CELLS = 1 << 24  # grids up to this many cells (over the batch) use a dense cell table
+
 
 def _radius(x: torch.Tensor, valid: torch.Tensor, n: torch.Tensor, k: int) -> torch.Tensor:
     """``B`` radii of a disc that holds ``k`` of the ``n`` valid points of ``x`` (B x N x 2)
@@ -46,15 +48,17 @@ def neighbour_consistency(x0: torch.Tensor, x1: torch.Tensor, valid: Optional[to
     Match ``j`` is a neighbour of match ``i`` when ``|x0_j - x0_i| < r0`` and
     ``|x1_j - x1_i| < r1``, with ``r0``, ``r1`` the radii that would hold ``k`` matches in each
     image if the valid points were uniform over their bounding box. Candidates are found on a
-    grid of cell size ``r0`` in image 0 (the 3 x 3 cells around a point hold every point within
-    ``r0``), at most ``3 x max_per_cell`` per row of three cells (dense clusters are truncated,
-    which only lowers counts).
+    4-D grid of cell size ``r0`` in image 0 and at least ``r1`` in image 1 (the 81 cells around
+    a match hold every match that is its neighbour in both images), at most
+    ``3 x max_per_cell`` per run of three cells (dense clusters are truncated, which only
+    lowers counts).
 
     Args:
         x0, x1: ``B x N x 2`` matched points (any units; each image's radius adapts to it).
         valid: optional ``B x N`` bool (padding, non-finite points: False, count 0).
         k: expected neighbourhood size under a uniform spread.
-        max_per_cell: bound on candidates per grid cell (memory ``O(B N x 9 x max_per_cell)``).
+        max_per_cell: bound on candidates per grid cell (memory ``O(B N x 81 x max_per_cell)``
+            in the worst case; typical data give a few candidates per match).
 
     Returns:
         ``B x N`` float counts (same dtype as ``x0``), 0 for invalid matches.
@@ -76,34 +80,55 @@ def neighbour_consistency(x0: torch.Tensor, x1: torch.Tensor, valid: Optional[to
     r0 = _radius(x0, valid, n, k)
     r1 = _radius(x1, valid, n, k)
 
-    # grid of cell size r0 over each problem's bounding box in image 0
+    # a 4-D grid over both images: cells of size r0 in image 0 and c1 >= r1 in image 1.
+    # Neighbours in both images lie in the 3 x 3 x 3 x 3 cells around a match; with keys
+    # ordered (problem, y0, x0, y1, x1) the three x1-cells of each of the 27 (y0, x0, y1) rows
+    # are one contiguous range of the sorted keys. Unlike a grid over one image, the candidates
+    # are mostly matches that are close in both images (a few per match instead of ~9 k).
+    # Image 1's cells are at least 1/8 of its extent, so that a problem has about 100 x as many
+    # cells as image 0 alone: small enough for a dense table of the cells' first matches.
     big = torch.finfo(dt).max
-    lo = torch.where(valid[..., None], x0, torch.full_like(x0, big)).amin(1)
-    lo = torch.where(n[:, None] > 0, lo, torch.zeros_like(lo))
-    cell = ((x0 - lo[:, None]) / r0[:, None, None]).floor().long().clamp_min(0)
-    # a fixed grid width for the whole batch (the widest problem), so that keys are integers
-    gw = int(cell[..., 0].masked_fill(~valid, 0).max()) + 3
-    gh = int(cell[..., 1].masked_fill(~valid, 0).max()) + 3
-    cx, cy = cell[..., 0] + 1, cell[..., 1] + 1  # a one-cell border: neighbours never wrap
-    per = gw * gh
-    key = torch.arange(B, device=dev)[:, None] * per + cy * gw + cx
-    key = torch.where(valid, key, torch.full_like(key, B * per))  # invalid: past every cell
-    skey, order = key.flatten().sort()
-
-    # candidates: the points of the 3 x 3 cells around every point, as a flat list of pairs;
-    # keys are row-major, so the three cells of one grid row are one contiguous sorted range
-    off = torch.tensor([-gw - 1, -1, gw - 1], device=dev)
-    nkey = key.flatten()[:, None] + off  # B N x 3: first cell of each of the three rows
-    start = torch.searchsorted(skey, nkey)
-    size = (torch.searchsorted(skey, nkey + 3) - start).clamp_max(3 * max_per_cell)
-    width = max(1, int(size.max()))
-    has = torch.arange(width, device=dev) < size[..., None]  # B N x 3 x width
-    i, c3, m = has.nonzero(as_tuple=True)
-    j = order.index_select(0, start.flatten().index_select(0, i * 3 + c3) + m)
+    cells = []
+    for x, r, coarse in ((x0, r0, False), (x1, r1, True)):
+        lo = torch.where(valid[..., None], x, torch.full_like(x, big)).amin(1)
+        hi = torch.where(valid[..., None], x, torch.full_like(x, -big)).amax(1)
+        lo = torch.where(n[:, None] > 0, lo, torch.zeros_like(lo))
+        if coarse:
+            r = torch.maximum(r, (hi - lo).amax(1) / 8)
+        cells.append(((x - lo[:, None]) / r[:, None, None]).floor().long().clamp_min(0) + 1)  # a one-cell border
+    cell = torch.cat(cells, 2).masked_fill_(~valid[..., None], 0)  # B x N x (x0, y0, x1, y1)
+    gx0, gy0, gx1, gy1 = (int(v) + 2 for v in cell.view(-1, 4).T.amax(1).tolist())
+    key = (((torch.arange(B, device=dev)[:, None] * gy0 + cell[..., 1]) * gx0 + cell[..., 0]) * gy1
+           + cell[..., 3]) * gx1 + cell[..., 2]
+    per = gy0 * gx0 * gy1 * gx1
+    key = torch.where(valid, key, torch.full_like(key, B * per)).flatten()  # invalid: past every cell
+    order = key.argsort()
+    # the valid matches' 27 ranges (the border cells keep every range inside its problem's block)
+    vi = None if bool(valid.all()) else valid.flatten().nonzero().flatten()
+    d = torch.arange(-1, 2, device=dev)
+    off = ((d[:, None, None] * gx0 + d[None, :, None]) * gy1 + d[None, None, :]) * gx1 - 1  # 3 x 3 x 3
+    nkey = ((key if vi is None else key.index_select(0, vi))[:, None] + off.flatten()).view(-1)
+    if B * per <= _DENSE_CELLS:  # dense table: first sorted position of every cell
+        first_of = torch.zeros(B * per + 2, dtype=torch.long, device=dev)
+        first_of[1:].copy_(torch.bincount(key, minlength=B * per + 1).cumsum(0))
+        start = first_of.index_select(0, nkey)
+        size = first_of[3:].index_select(0, nkey).sub_(start)  # (first_of[3:][k] = first_of[k + 3])
+    else:  # (huge grids: binary search in the sorted keys)
+        skey = key.index_select(0, order)
+        start = torch.searchsorted(skey, nkey)
+        size = torch.searchsorted(skey, nkey + 3).sub_(start)
+    size = size.clamp_max_(3 * max_per_cell)
+    # candidate pairs (i, j) as a flat list: range ``q`` contributes its ``size[q]`` matches
+    q = torch.repeat_interleave(size)
+    shift = (torch.cumsum(size, 0) - size).sub_(start)  # first pair of a range minus its first match
+    j = order.index_select(0, torch.arange(q.numel(), device=dev) - shift.index_select(0, q))
+    i = q // 27
+    if vi is not None:
+        i = vi.index_select(0, i)
     rr = torch.stack([r0, r1], 1).square().index_select(0, i // N)  # P x 2 squared radii
     p = torch.cat([x0, x1], 2).reshape(-1, 4)
-    d = (p.index_select(0, j) - p.index_select(0, i)).square()
-    near = (d[:, 0] + d[:, 1] < rr[:, 0]) & (d[:, 2] + d[:, 3] < rr[:, 1]) & (j != i)
+    dd = (p.index_select(0, j) - p.index_select(0, i)).square()
+    near = (dd[:, 0] + dd[:, 1] < rr[:, 0]) & (dd[:, 2] + dd[:, 3] < rr[:, 1]) & (j != i)
     counts = torch.zeros(B * N, dtype=dt, device=dev).index_add_(0, i, near.to(dt)).view(B, N)
     return (counts * valid).to(out_dt)
 

@@ -128,14 +128,17 @@ def smallest_eigenvector(M: torch.Tensor, init: Optional[torch.Tensor] = None, s
     if init is None:
         return torch.linalg.eigh(M64)[1][..., 0].to(M.dtype)
     D = M64.shape[-1]
-    A = M64 + 1e-13 * torch.eye(D, dtype=M64.dtype, device=M64.device)
-    LU, piv, _ = torch.linalg.lu_factor_ex(A)
+    LU, piv, _ = torch.linalg.lu_factor_ex(M64 + 1e-13 * torch.eye(D, dtype=M64.dtype, device=M64.device))
     v = init.double().reshape(-1, D, 1)
+    # no normalisation between the steps: the trace-normalised matrix's eigenvalues are
+    # >= 1e-13, so a step grows the vector by at most 1e13 (far from float64 overflow)
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-300)
     for _ in range(steps):
         v = torch.linalg.lu_solve(LU, piv, v)
-        v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-300)
     v = v[..., 0]
-    bad = ~torch.isfinite(v).all(1) | (v.norm(dim=1) < 0.5)
+    n = v.norm(dim=1, keepdim=True)
+    v = v / n.clamp_min(1e-300)
+    bad = ~torch.isfinite(n[:, 0]) | (n[:, 0] < 1e-200)
     if bool(bad.any()):
         v[bad] = torch.linalg.eigh(M64[bad])[1][..., 0]
     return v.to(M.dtype)

@@ -23,29 +23,47 @@ __all__ = ["homography_minimal", "homography_minimal_soa", "homography_sample_de
            "transfer_error_rows"]
 
 
-def _triangle_dets(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
-    """``4 x M`` sample coordinates (point-major rows) -> ``4 x M`` determinants
-    ``[lam_1, lam_2, lam_3, det[p1 p2 p3]]`` of the homogeneous points, where ``lam_i`` is
-    ``det[p1 p2 p3]`` with ``p4`` replacing ``p_i`` (twice the signed triangle areas)."""
-    dx = px - px[0]  # every point relative to p1: the dets with p1 share these differences
-    dy = py - py[0]
-    lam1 = (px[1] - px[3]) * (py[2] - py[3]) - (py[1] - py[3]) * (px[2] - px[3])
-    lam2 = dx[3] * dy[2] - dy[3] * dx[2]
-    lam3 = dx[1] * dy[3] - dy[1] * dx[3]
-    d123 = dx[1] * dy[2] - dy[1] * dx[2]
-    return torch.stack([lam1, lam2, lam3, d123])
+# the four triples (a, b, c) of a 4-point sample whose determinants the solver and the filter
+# need: lam_1..lam_3 (p4 replacing p1, p2, p3 in [p1 p2 p3]) and det[p1 p2 p3]
+_TRI_A, _TRI_B, _TRI_C = (3, 0, 0, 0), (1, 3, 1, 1), (2, 2, 3, 2)
+_INDEX = {}
+
+
+def _index(values, device) -> torch.Tensor:
+    key = (values, device)
+    if key not in _INDEX:
+        _INDEX[key] = torch.tensor(values, device=device)
+    return _INDEX[key]
+
+
+def _triangle_dets_soa(soa: torch.Tensor) -> torch.Tensor:
+    """``4 x 4 x M`` component-major samples (x0, y0, x1, y1) x point x sample -> ``2 x 4 x M``
+    determinants per view ``[lam_1, lam_2, lam_3, det[p1 p2 p3]]`` of the homogeneous points,
+    where ``lam_i`` is ``det[p1 p2 p3]`` with ``p4`` replacing ``p_i`` (twice the signed
+    triangle areas): ``det[a b c] = (b - a) x (c - a)``, all 8 from a handful of operations."""
+    dev = soa.device
+    a = soa.index_select(1, _index(_TRI_A, dev))
+    b = soa.index_select(1, _index(_TRI_B, dev)).sub_(a)
+    c = soa.index_select(1, _index(_TRI_C, dev)).sub_(a)
+    b, c = b.view(2, 2, *b.shape[1:]), c.view(2, 2, *c.shape[1:])  # view x (x, y) x triple x M
+    return b[:, 0] * c[:, 1] - b[:, 1] * c[:, 0]
+
+
+def _degenerate_from_dets(d: torch.Tensor, min_area: float) -> torch.Tensor:
+    """``2 x 4 x M`` determinants -> ``M`` bool: a (nearly) collinear triple in either view or a
+    triangle orientation that differs between the views (``|d|`` where the signs agree,
+    negative where they differ; then the smallest of the 8)."""
+    m = d * d.flip(0).sign()
+    m = torch.minimum(m[0], m[1])
+    m = torch.minimum(torch.minimum(m[0], m[1]), torch.minimum(m[2], m[3]))  # (amin over dim 0 is slow)
+    return m < min_area
 
 
 def homography_degenerate_soa(soa: torch.Tensor, min_area: float = 1e-4) -> torch.Tensor:
     """:func:`homography_sample_degenerate` on samples stored component-major: ``soa`` is
     ``4 x 4 x M`` = (x0, y0, x1, y1) x point x sample (contiguous per-sample vectors, which is
     what makes the test a handful of element-wise operations on ``M``-vectors). Returns ``M`` bool."""
-    d0 = _triangle_dets(soa[0], soa[1])
-    d1 = _triangle_dets(soa[2], soa[3])
-    # |d| where the orientations agree, negative where they differ; then the smallest of 8
-    m = torch.minimum(d0 * d1.sign(), d1 * d0.sign())
-    m = torch.minimum(torch.minimum(m[0], m[1]), torch.minimum(m[2], m[3]))  # (reductions over dim 0 are slow)
-    return m < min_area
+    return _degenerate_from_dets(_triangle_dets_soa(soa), min_area)
 
 
 def homography_sample_degenerate(x0: torch.Tensor, x1: torch.Tensor, min_area: float = 1e-4) -> torch.Tensor:
@@ -66,22 +84,21 @@ def homography_sample_degenerate(x0: torch.Tensor, x1: torch.Tensor, min_area: f
 def homography_minimal_soa(soa: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`homography_minimal` on component-major samples ``4 x 4 x M`` (x0, y0, x1, y1) x
     point x sample. Returns ``(H M x 1 x 3 x 3, ok M x 1)``."""
-    x0, y0, x1, y1 = soa.unbind(0)  # 4 x M each
-    lam = _triangle_dets(x0, y0)
-    mu = _triangle_dets(x1, y1)
-    # c_i = p_j x p_k for homogeneous p = (x, y, 1); q_i = coef_i (u_i, v_i, 1), coef_i = mu_i lam_j lam_k
-    cyc = ((0, 1, 2), (1, 2, 0), (2, 0, 1))
-    c, q = [], []
-    for i, j, k in cyc:
-        c.append((y0[j] - y0[k], x0[k] - x0[j], x0[j] * y0[k] - y0[j] * x0[k]))
-        coef = mu[i] * lam[j] * lam[k]
-        q.append((x1[i] * coef, y1[i] * coef, coef))
-    H = torch.stack([q[0][r] * c[0][col] + q[1][r] * c[1][col] + q[2][r] * c[2][col]
-                     for r in range(3) for col in range(3)])  # 9 x M
-    H = H.T.contiguous()  # M x 9
-    n = H.norm(dim=1)
+    d = _triangle_dets_soa(soa)
+    lam, mu = d[0], d[1]  # 4 x M each
+    dev = soa.device
+    j, k = _index((1, 2, 0), dev), _index((2, 0, 1), dev)
+    # c_i = p_j x p_k for homogeneous p = (x, y, 1), over cyclic (i, j, k) of the first 3 points
+    pj, pk = soa[:2].index_select(1, j), soa[:2].index_select(1, k)  # (x, y) x i x M
+    c = torch.stack([pj[1] - pk[1], pk[0] - pj[0], pj[0] * pk[1] - pj[1] * pk[0]])  # 3 x 3 x M
+    # q_i = coef_i (u_i, v_i, 1) with coef_i = mu_i lam_j lam_k
+    coef = mu[:3] * lam.index_select(0, j) * lam.index_select(0, k)  # 3 x M
+    q = torch.cat([soa[2:, :3] * coef, coef[None]])  # 3 (row) x 3 (i) x M
+    H = q[:, 0, None] * c[None, :, 0]  # H = sum_i q_i c_i^T, 3 x 3 x M
+    H = H.addcmul_(q[:, 1, None], c[None, :, 1]).addcmul_(q[:, 2, None], c[None, :, 2]).view(9, -1)
+    n = H.square().sum(0).sqrt_()  # (the norm kernel is slow on this strided layout)
     ok = torch.isfinite(n) & (n > 0)
-    H = H / torch.where(ok, n, torch.ones_like(n))[:, None]
+    H = (H / torch.where(ok, n, torch.ones_like(n))).T
     return H.reshape(-1, 1, 3, 3), ok[:, None]
 
 
@@ -109,7 +126,8 @@ def homography_dlt(x0: torch.Tensor, x1: torch.Tensor, weights: Optional[torch.T
 
     ``A^T W A`` is assembled from four weighted moment matrices of ``p p^T`` (``p = (x, y, 1)``)
     with weights ``w``, ``w u``, ``w v``, ``w (u^2 + v^2)``: one small batched product of the
-    6 distinct entries of ``p p^T`` instead of materialising the ``2P x 9`` design.
+    6 distinct entries of ``p p^T`` instead of materialising the ``2P x 9`` design, then one
+    product with a constant table that places the moments into the ``9 x 9`` matrix.
 
     Args:
         x0, x1: ``G x P x 2`` correspondences, ideally Hartley-normalised (the estimator passes
@@ -122,17 +140,35 @@ def homography_dlt(x0: torch.Tensor, x1: torch.Tensor, weights: Optional[torch.T
     dt = torch.float64
     x, y = x0[..., 0].to(dt), x0[..., 1].to(dt)
     u, v = x1[..., 0].to(dt), x1[..., 1].to(dt)
-    w = torch.ones(G, P, dtype=dt, device=x0.device) if weights is None else weights.to(dt)
-    feats = torch.stack([x * x, x * y, x, y * y, y, torch.ones_like(x)], 1)  # G x 6 x P
+    one = torch.ones_like(x)
+    feats = torch.stack([x * x, x * y, x, y * y, y, one], 1)  # G x 6 x P (contiguous rows)
+    w = one if weights is None else weights.to(dt)
     wu, wv = w * u, w * v
     coef = torch.stack([w, wu, wv, wu * u + wv * v], 1)  # G x 4 x P
     mom = coef @ feats.transpose(1, 2)  # G x 4 x 6: entries (xx, xy, x, yy, y, 1) of sum c p p^T
-    sym = mom[..., [0, 1, 2, 1, 3, 4, 2, 4, 5]].reshape(G, 4, 3, 3)
-    S, Su, Sv, Suv = sym.unbind(1)
-    Z = torch.zeros_like(S)
-    M = torch.cat([torch.cat([S, Z, -Su], 2), torch.cat([Z, S, -Sv], 2), torch.cat([-Su, -Sv, Suv], 2)], 1)
+    M = (mom.view(G, 24) @ _dlt_table(x0.device)).view(G, 9, 9)
     h0 = None if init is None else init.reshape(-1, 9).expand(G, 9)
     return smallest_eigenvector(M, h0).reshape(G, 3, 3).to(x0.dtype)
+
+
+_DLT_TABLES = {}
+
+
+def _dlt_table(device) -> torch.Tensor:
+    """``24 x 81`` float64 map from the 4 moment matrices ``(S, Su, Sv, Suv)`` (6 distinct
+    entries each) to ``A^T W A = [[S, 0, -Su], [0, S, -Sv], [-Su, -Sv, Suv]]`` (one product
+    instead of a dozen copies)."""
+    if device not in _DLT_TABLES:
+        sym = (0, 1, 2, 1, 3, 4, 2, 4, 5)  # 3 x 3 entry -> index among (xx, xy, x, yy, y, 1)
+        T = torch.zeros(4, 6, 9, 9, dtype=torch.float64)
+        blocks = ((0, 0, 0, 1.0), (0, 1, 1, 1.0), (1, 0, 2, -1.0), (1, 2, 0, -1.0), (2, 1, 2, -1.0),
+                  (2, 2, 1, -1.0), (3, 2, 2, 1.0))  # (moment, block row, block column, sign)
+        for k, bi, bj, sign in blocks:
+            for a in range(3):
+                for b in range(3):
+                    T[k, sym[3 * a + b], 3 * bi + a, 3 * bj + b] = sign
+        _DLT_TABLES[device] = T.view(24, 81).to(device)
+    return _DLT_TABLES[device]
 
 
 def transfer_error_rows(H: torch.Tensor, p0: torch.Tensor, p1: torch.Tensor,

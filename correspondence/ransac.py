@@ -30,15 +30,22 @@ One generic engine (:class:`RobustEstimator`) runs every problem of a batch at o
    (``lo_samples`` non-minimal subsets of ``lo_sample_factor x`` the minimal size, drawn within
    ``lo_inner_factor x`` the threshold) then iteratively re-weighted least squares (``lo_iters``
    steps, Tukey weights with cut-off ``lo_threshold_factor x`` the threshold, warm-started
-   inverse-iteration fits); a refit is kept only when it scores higher; up to ``lo_rounds``
-   rounds while the score improves.
+   inverse-iteration fits, stopped once a step gains less than ``irls_tol`` of the score); a
+   refit is kept only when it scores higher; up to ``lo_rounds`` rounds while the score
+   improves.
 6. **Adaptive termination per problem:** a problem stops when its iteration count reaches
    ``max_iters`` or when the probability that none of its samples was all-inlier for the best
    model, ``prod_k (1 - w_k^s)`` over the samples ``k`` drawn, falls below ``1 - confidence``
    (``s`` the sample size, ``w_k`` the probability that one draw of sample ``k``'s sampler is
    an inlier of the model: its inlier ratio for uniform draws, the prior mass of its inliers
    for prior draws); finished problems leave the batch.
-7. **Final refit** of each best model with IRLS on all matches, then the inlier mask.
+7. **Final refit** of each best model with IRLS on all matches (skipped where the local
+   optimisation of that model already converged: the same deterministic steps would follow),
+   then the inlier mask.
+
+The per-problem control state (sample counts, inlier probabilities, termination) is a few
+scalars per problem and lives on the host; the device sends back the inlier statistics of the
+models that improved, once per round.
 
 Memory is bounded by ``max_elements``: hypotheses x points error tensors are computed in chunks
 of at most that many entries. With ``seed`` set (default 0) results are deterministic for a
@@ -148,6 +155,8 @@ class RobustEstimator:
         lo_inner_factor: inner samples are drawn from the matches within this multiple of the
             threshold (wider than 1 pulls in inliers a nearly right model still misses).
         final_iters: IRLS steps of the final refit.
+        irls_tol: an IRLS run stops once a step gains less than this fraction of the score;
+            a best model whose local optimisation converged so skips the final refit.
         max_elements: bound on the size of any hypotheses x points error tensor.
         prior: sampling prior when the caller gives no ``weights``: ``"consistency"``
             (default, :func:`correspondence.consistency.consistency_prior`) or ``"uniform"``.
@@ -166,7 +175,8 @@ class RobustEstimator:
                  lo_samples: int = 8,
                  lo_sample_factor: int = 4, lo_iters: int = 4, lo_threshold_factor: float = 1.5,
                  lo_rounds: int = 1, lo_inner_factor: float = 1.0,
-                 final_iters: int = 3, max_elements: int = 1 << 23, prior: str = "consistency",
+                 final_iters: int = 3, irls_tol: float = 1e-4, max_elements: int = 1 << 23,
+                 prior: str = "consistency",
                  prior_after: Optional[int] = None, lo_min_inliers: Optional[int] = None):
         if not threshold > 0:
             raise ValueError(f"threshold must be > 0, got {threshold}")
@@ -201,6 +211,7 @@ class RobustEstimator:
         self.lo_rounds = int(lo_rounds)
         self.lo_inner_factor = float(lo_inner_factor)
         self.final_iters = int(final_iters)
+        self.irls_tol = float(irls_tol)
         self.max_elements = int(max_elements)
 
     # ------------------------------------------------------------------ scoring helpers
@@ -254,22 +265,29 @@ class RobustEstimator:
                     torch.zeros(a, gsz, s, dtype=torch.long, device=soa.device))
         hyp, ok = m.minimal(soa.index_select(2, kidx))  # K' x S x 3 x 3
         S = hyp.shape[1]
+        dev = soa.device
         keep2 = keep.reshape(a, per)
-        counts = keep2.sum(1)
-        kmax = int(counts.max())
+        kmax = int(keep2.sum(1).max())
         K = -(-kmax * S // gsz) * gsz
         # flat position of model j of the kept sample ranked r in problem p: p K + r S + j
-        rank = torch.cumsum(keep2, 1).reshape(-1)[kidx] - 1
-        pos = ((kidx // per) * K + rank * S)[:, None] + torch.arange(S, device=soa.device)
-        table = soa.new_zeros(a * K, 9).index_copy_(0, pos.flatten(), hyp.reshape(-1, 9).to(soa.dtype))
-        okt = torch.zeros(a * K, dtype=torch.bool, device=soa.device).index_copy_(0, pos.flatten(), ok.flatten())
-        own = idx.index_select(1, kidx).T[:, None].expand(-1, S, s).reshape(-1, s)
-        own = torch.zeros(a * K, s, dtype=idx.dtype, device=soa.device).index_copy_(0, pos.flatten(), own)
+        rank = torch.cumsum(keep2, 1).reshape(-1).index_select(0, kidx) - 1
+        pos = ((kidx // per) * K + rank * S)
+        if S > 1:
+            pos = (pos[:, None] + torch.arange(S, device=dev)).flatten()
+        table = soa.new_zeros(a * K, 9).index_copy_(0, pos, hyp.reshape(-1, 9).to(soa.dtype))
+        okt = torch.zeros(a * K, dtype=torch.bool, device=dev).index_copy_(0, pos, ok.flatten())
+        own = idx.index_select(1, kidx).T
+        if S > 1:
+            own = own[:, None].expand(-1, S, s).reshape(-1, s)
+        own = torch.zeros(a * K, s, dtype=idx.dtype, device=dev).index_copy_(0, pos, own)
         return table.view(a, K, 9), okt.view(a, K), own.view(a, K, s)
 
-    def _preverify(self, table, okt, own, pts, ids, nv, N, s0, s1, gen):
+    def _preverify(self, table, okt, own, pts, base, nv, N, s0, s1, gen):
         """Truncated score of every hypothesis on a random subset of its problem's matches, one
         subset per group of ``preverify_group`` hypotheses: ``a x K`` (``-1`` for invalid).
+
+        ``base``: ``a`` offsets of the problems' rows in ``pts`` (problem index x ``N``); ``nv``,
+        ``s0``, ``s1``: their valid counts and scales.
 
         A model fits its own sample exactly, so the sample matches that fall in the subset
         (``own``: ``a x K x s`` indices) are not counted: otherwise, with small ``N``, the many
@@ -278,18 +296,17 @@ class RobustEstimator:
         a, K = okt.shape
         gsz, P = self.preverify_group, self.preverify_points
         ng = K // gsz
-        dt = table.dtype
-        sub = (torch.rand(a, ng, P, generator=gen, device=table.device, dtype=dt) * nv[:, None, None].to(dt)).long()
-        sub = torch.minimum(sub, (nv - 1)[:, None, None]) + (ids * N)[:, None, None]
-        g = pts.index_select(1, sub.flatten()).view(4, a * ng, P)
+        dt, dev = table.dtype, table.device
+        local = (torch.rand(a, ng, P, generator=gen, device=dev, dtype=dt) * nv[:, None, None].to(dt)).long()
+        local = torch.minimum(local, (nv - 1)[:, None, None])
+        g = pts.index_select(1, (local + base[:, None, None]).flatten()).view(4, a * ng, P)
         # subset membership of every hypothesis' own sample points (each gains exactly 1)
-        local = sub.view(a * ng, P) - (ids * N).repeat_interleave(ng)[:, None]
-        member = torch.zeros(a * ng, N, dtype=table.dtype, device=table.device).scatter_(1, local, 1.0)
-        gidx = (torch.arange(a * ng, device=table.device) * N).repeat_interleave(gsz).view(a, K, 1)
+        member = torch.zeros(a * ng, N, dtype=dt, device=dev).scatter_(1, local.view(a * ng, P), 1.0)
+        gidx = (torch.arange(a * ng, device=dev) * N).repeat_interleave(gsz).view(a, K, 1)
         self_gain = member.view(-1)[(own + gidx).flatten()].view(a, K, -1).sum(-1)
         one = torch.ones_like(g[0])[:, None]
         pp = (torch.cat([g[0:2].transpose(0, 1), one], 1), torch.cat([g[2:4].transpose(0, 1), one], 1),
-              s0[ids].repeat_interleave(ng), s1[ids].repeat_interleave(ng))
+              s0.repeat_interleave(ng), s1.repeat_interleave(ng))
         err = self._errors(table.view(a * ng, gsz, 9), pp, None)
         pre = self._gain(err).view(a, K) - self_gain
         return torch.where(okt, pre, torch.full_like(pre, -1.0))
@@ -326,8 +343,13 @@ class RobustEstimator:
 
     def _irls(self, models, scores, err, x0, x1, pp, valid, iters: int):
         """Up to ``iters`` steps of iteratively re-weighted least squares (Tukey weights with
-        cut-off ``lo_threshold_factor x`` the threshold), each kept only if it scores higher."""
+        cut-off ``lo_threshold_factor x`` the threshold), each kept only if it scores higher.
+
+        Returns ``(models, scores, err, stalled)``: ``stalled`` (``G`` bool) marks the models
+        whose last step was rejected or gained less than ``irls_tol`` of the score (converged:
+        the refit being deterministic, further steps would repeat it or gain less still)."""
         m = self.model
+        stalled = torch.zeros(models.shape[0], dtype=torch.bool, device=models.device)
         for _ in range(iters):
             w = self._irls_weights(err)
             enough = (w > 0).sum(1) >= m.min_fit
@@ -335,12 +357,17 @@ class RobustEstimator:
             ce = self._errors(cand[:, None], pp, valid)[:, 0]
             cs = self._gain(ce)
             better = enough & torch.isfinite(cs) & (cs > scores)
+            # converged: the step gains less than ``irls_tol`` of the score (a further step
+            # would gain less still); kept if it is better, but no more steps are taken
+            stalled = ~(better & (cs > scores + self.irls_tol * scores.abs()))
             if not bool(better.any()):
                 break
             models = torch.where(better[:, None, None], cand, models)
             scores = torch.where(better, cs, scores)
             err = torch.where(better[:, None], ce, err)
-        return models, scores, err
+            if bool(stalled.all()):
+                break
+        return models, scores, err, stalled
 
     def _refine(self, models, scores, err, x0, x1, pp, valid, gen, inner: bool, iters: int):
         """Local optimisation of ``G`` models: up to ``lo_rounds`` rounds of inner RANSAC +
@@ -352,17 +379,17 @@ class RobustEstimator:
             :meth:`_errors`) and ``valid`` (or None).
 
         Returns:
-            improved ``(models, scores, err)``.
+            improved ``(models, scores, err, stalled)`` (``stalled``: see :meth:`_irls`).
         """
         if not inner or self.lo_samples <= 0:
             return self._irls(models, scores, err, x0, x1, pp, valid, iters)
         for _ in range(max(1, self.lo_rounds)):
             before = scores
             models, scores, err = self._inner(models, scores, err, x0, x1, pp, valid, gen)
-            models, scores, err = self._irls(models, scores, err, x0, x1, pp, valid, iters)
+            models, scores, err, stalled = self._irls(models, scores, err, x0, x1, pp, valid, iters)
             if not bool((scores > before * (1 + 1e-3)).any()):
                 break
-        return models, scores, err
+        return models, scores, err, stalled
 
     # ------------------------------------------------------------------ main loop
     def __call__(self, x0: torch.Tensor, x1: torch.Tensor, valid: torch.Tensor,
@@ -395,22 +422,39 @@ class RobustEstimator:
             gen.manual_seed(int(self.seed))
 
         # valid matches first in every problem, so that sampling is "an index < n_valid"
-        order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
-        x0 = torch.gather(x0, 1, order[..., None].expand(B, N, 2))
-        x1 = torch.gather(x1, 1, order[..., None].expand(B, N, 2))
-        valid_o = torch.gather(valid, 1, order)
+        same_n = bool(valid.all())
+        if same_n:
+            order = None
+            valid_o = valid
+        else:
+            order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
+            x0 = torch.gather(x0, 1, order[..., None].expand(B, N, 2))
+            x1 = torch.gather(x1, 1, order[..., None].expand(B, N, 2))
+            valid_o = torch.gather(valid, 1, order)
         n_valid = valid_o.sum(1)
-        same_n = bool(valid_o.all())
         vmask = None if same_n else valid_o
         PP = (homogeneous_rows(x0), homogeneous_rows(x1), s0, s1)  # scoring against all matches
         pts = torch.cat([x0, x1], 2).permute(2, 0, 1).reshape(4, B * N)
+        # Per-problem control state lives on the host (numpy): it is a handful of scalars per
+        # problem, and the host decides every round's sizes anyway; the device only sends back
+        # the inlier statistics of improved models.
+        nv_h = n_valid.cpu().numpy().astype(np.int64)
+        weighted = np.zeros(B, dtype=bool)
+        n_u = np.zeros(B, dtype=np.int64)  # samples drawn uniformly
+        n_w = np.zeros(B, dtype=np.int64)  # samples drawn from the prior
+        # probability that one sample of each sampler is all-inlier for the best model so far
+        p_u = np.zeros(B)
+        p_w = np.zeros(B)
+        active = nv_h >= s
+        # settled: the best model's local optimisation converged (its last IRLS step was
+        # rejected or gained less than ``irls_tol``), so the final refit is skipped
+        settled = np.zeros(B, dtype=bool)
         # sampling distributions: ``prob``/``cdf`` rows for the problems that sample from a prior
         # (the caller's weights from the start; the consistency prior from the round where a
         # problem's uniform sampling would still need more than ``prior_after`` samples)
         prob = cdf = None
-        weighted = torch.zeros(B, dtype=torch.bool, device=dev)
         if weights is not None:
-            w = torch.gather(weights, 1, order) * valid_o
+            w = (weights if order is None else torch.gather(weights, 1, order)) * valid_o
             usable = (w > 0).sum(1) >= s
             prob = torch.where(usable[:, None], w, valid_o.to(dt))
             prob = prob / prob.sum(1, keepdim=True).clamp_min(torch.finfo(dt).tiny)
@@ -421,65 +465,68 @@ class RobustEstimator:
         best = torch.full((B, 3, 3), float("nan"), dtype=dt, device=dev)
         best_score = torch.full((B,), -1.0, dtype=dt, device=dev)
         best_err = torch.full((B, N), float("inf"), dtype=dt, device=dev)
-        n_u = torch.zeros(B, dtype=torch.long, device=dev)  # samples drawn uniformly
-        n_w = torch.zeros(B, dtype=torch.long, device=dev)  # samples drawn from the prior
-        # probability that one sample of each sampler is all-inlier for the best model so far
-        p_u = torch.zeros(B, dtype=torch.float64, device=dev)
-        p_w = torch.zeros(B, dtype=torch.float64, device=dev)
-        active = n_valid >= s
         log_fail = math.log(1 - self.confidence)
         t2 = self.threshold ** 2
 
         def log_miss(i):  # log probability that no all-inlier sample was drawn so far
-            lu = torch.log1p(-p_u[i].clamp(max=1 - 1e-15))
-            lw = torch.log1p(-p_w[i].clamp(max=1 - 1e-15))
-            return n_u[i] * lu + n_w[i] * lw
+            return n_u[i] * np.log1p(-np.minimum(p_u[i], 1 - 1e-15)) + \
+                n_w[i] * np.log1p(-np.minimum(p_w[i], 1 - 1e-15))
 
         def still_needed(i):  # samples the problems' current samplers still need
-            p = torch.where(weighted[i], p_w[i], p_u[i]).clamp(max=1 - 1e-15)
-            k = ((log_fail - log_miss(i)) / torch.log1p(-p)).ceil()
+            p = np.minimum(np.where(weighted[i], p_w[i], p_u[i]), 1 - 1e-15)
             left = self.max_iters - n_u[i] - n_w[i]
-            k = torch.where(p > 0, k.clamp_min(0), left.double()).clamp(max=self.max_iters).long()
-            return torch.maximum(torch.minimum(k, left), self.min_iters - n_u[i] - n_w[i])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                k = np.ceil((log_fail - log_miss(i)) / np.log1p(-p))
+            k = np.where(p > 0, np.clip(np.nan_to_num(k, nan=0.0, posinf=self.max_iters), 0, self.max_iters),
+                         left).astype(np.int64)
+            return np.maximum(np.minimum(k, left), self.min_iters - n_u[i] - n_w[i])
 
-        def inlier_probs(i, err):  # (p_u, p_w) of models with errors ``err`` in problems ``i``
+        def inlier_probs(i, err):  # (p_u, p_w) of models with errors ``err`` in problems ``i`` (host)
             inl = err < t2
-            pu = (inl.sum(1).double() / n_valid[i].double().clamp_min(1)).clamp(0, 1) ** s
-            pw = torch.zeros_like(pu)
+            stats = [inl.sum(1).to(torch.float64)]
             if prob is not None:
-                pw = torch.where(weighted[i], (prob[i] * inl).sum(1).double().clamp(0, 1) ** s, pw)
-            return pu, pw
+                stats.append((prob[i] * inl).sum(1).to(torch.float64))
+            stats = torch.stack(stats, 1).cpu().numpy()
+            pu = np.clip(stats[:, 0] / np.maximum(nv_h[i], 1), 0, 1) ** s
+            pw = np.clip(stats[:, 1], 0, 1) ** s if prob is not None else np.zeros_like(pu)
+            return pu, np.where(weighted[i], pw, 0.0)
 
         rnd = 0
         while True:
-            ids = active.nonzero().flatten()
-            a = ids.numel()
+            ids_h = np.flatnonzero(active)
+            a = ids_h.size
             if a == 0:
                 break
+            everyone = a == B
+            ids = None if everyone else torch.from_numpy(ids_h).to(dev)
+
+            def sel(t):  # rows of the active problems
+                return t if everyone else t.index_select(0, ids)
+
             if lazy_prior:
                 # once a problem has drawn prior_after / 8 uniform samples (a fair chance to
                 # have found its model at moderate inlier ratios), it switches if its best model
                 # still needs more than prior_after samples (about the cost of the prior)
-                switch = ids[~weighted[ids] & (n_u[ids] * 8 >= self.prior_after) & (n_valid[ids] > s)]
-                switch = switch[still_needed(switch) > self.prior_after]
-                if switch.numel():
+                sw = ids_h[~weighted[ids_h] & (n_u[ids_h] * 8 >= self.prior_after) & (nv_h[ids_h] > s)]
+                sw = sw[still_needed(sw) > self.prior_after]
+                if sw.size:
                     if prob is None:
                         prob = valid_o.to(dt) / n_valid.clamp_min(1)[:, None].to(dt)
                         cdf = torch.cumsum(prob, 1)
-                    pr = consistency_prior(x0[switch], x1[switch], valid_o[switch])
-                    prob[switch] = pr
-                    cdf[switch] = torch.cumsum(pr, 1)
-                    weighted[switch] = True
-                    p_w[switch] = inlier_probs(switch, best_err[switch])[1]
+                    swt = torch.from_numpy(sw).to(dev)
+                    pr = consistency_prior(x0[swt], x1[swt], valid_o[swt])
+                    prob[swt] = pr
+                    cdf[swt] = torch.cumsum(pr, 1)
+                    weighted[sw] = True
+                    p_w[sw] = inlier_probs(swt, best_err[swt])[1]
                     rnd = 0  # the new sampler starts with a small round again
-            everyone = a == B
-            remaining = int(still_needed(ids).max())
+            remaining = int(still_needed(ids_h).max())
             per = min(self.first_round * self.round_growth ** rnd, max(self.min_round, self.round_samples // a),
                       max(1, remaining))
             rnd += 1
-            nv = n_valid[ids]
+            nv = sel(n_valid)
             # 1. sampling: s x a x per indices below n_valid (component-major layout)
-            use_prior = bool(weighted[ids].any())
+            use_prior = bool(weighted[ids_h].any())
             if not use_prior and same_n:  # every problem has N valid matches: integers directly
                 idx = torch.randint(N, (s, a, per), generator=gen, device=dev)
             elif not use_prior:
@@ -487,71 +534,90 @@ class RobustEstimator:
                 idx = torch.minimum((u * nv[:, None].to(dt)).long(), (nv - 1)[:, None])
             else:
                 u = torch.rand(a, s * per, generator=gen, device=dev, dtype=dt)
-                c = cdf[ids]
+                c = sel(cdf)
                 idx = torch.searchsorted(c.contiguous(), u * c[:, -1:])
                 idx = idx.clamp_max(N - 1).reshape(a, s, per).permute(1, 0, 2)
             idx = idx.reshape(s, a * per)
-            fidx = (idx.view(s, a, per) + (ids * N)[:, None]).reshape(-1)
+            base = (torch.arange(a, device=dev) if everyone else ids) * N
+            fidx = (idx.view(s, a, per) + base[:, None]).reshape(-1)
             soa = pts.index_select(1, fidx).view(4, s, a * per)  # (x0, y0, x1, y1) x s x samples
-            n_w[ids] += per * weighted[ids]
-            n_u[ids] += per * ~weighted[ids]
+            n_w[ids_h] += per * weighted[ids_h]
+            n_u[ids_h] += per * ~weighted[ids_h]
             # 2.-3. degeneracy filter and minimal solve of the surviving samples
             table, okt, own = self._hypotheses(soa, idx, a, per)
             if bool(okt.any()):
                 # 4. pre-verification on random subsets, full scoring of the best per problem
-                pre = self._preverify(table, okt, own, pts, ids, nv, N, s0, s1, gen)
+                pre = self._preverify(table, okt, own, pts, base, nv, N, sel(s0), sel(s1), gen)
                 kv = min(max(self.verify_top, per // 512), pre.shape[1])
                 topv, topi = pre.topk(kv, dim=1)
                 cand = torch.gather(table, 1, topi[..., None].expand(a, kv, 9))
-                Da = PP if everyone else tuple(t[ids] for t in PP)
-                va = vmask if (vmask is None or everyone) else vmask[ids]
+                Da = tuple(sel(t) for t in PP)
+                va = None if vmask is None else sel(vmask)
                 err = self._errors(cand, Da, va)
                 sc = self._gain(err)
                 sc = torch.where((topv >= 0) & torch.isfinite(sc), sc, torch.full_like(sc, -1.0))
                 rbest, rarg = sc.max(1)
-                improved = rbest > best_score[ids]
-                if bool(improved.any()):
+                improved = rbest > sel(best_score)
+                li = improved.nonzero().flatten()
+                if li.numel():
                     # 5. local optimisation of the new best models
-                    li = improved.nonzero().flatten()
-                    gi = ids[li]
-                    mods, scs, errs = cand[li, rarg[li]].view(-1, 3, 3), rbest[li], err[li, rarg[li]]
+                    all_li = li.numel() == a
+                    gi = (ids if not everyone else torch.arange(B, device=dev))[li] if not (all_li and everyone) \
+                        else None
+                    pick = rarg if all_li else rarg[li]
+                    rows = torch.arange(a, device=dev) if all_li else li
+                    mods, scs, errs = cand[rows, pick].view(-1, 3, 3), rbest[rows], err[rows, pick]
+                    gi_h = ids_h if all_li else ids_h[li.cpu().numpy()]
+                    stalled = np.zeros(gi_h.size, dtype=bool)
                     # (models with barely more inliers than their own sample are not worth it)
                     worth = ((errs < t2).sum(1) >= self.lo_min_inliers).nonzero().flatten()
                     if worth.numel():
-                        alli = worth.numel() == a
-                        sel = (lambda t: t) if alli else (lambda t: t[li[worth]])
-                        g = gi[worth]
-                        rm, rs, re = self._refine(mods[worth], scs[worth], errs[worth], x0[g], x1[g],
-                                                  tuple(sel(t) for t in Da), None if va is None else sel(va),
-                                                  gen, inner=True, iters=self.lo_iters)
+                        full = worth.numel() == a
+                        g = torch.from_numpy(gi_h).to(dev)[worth] if not (full and everyone) else None
+                        pick_g = (lambda t: t) if full and everyone else (lambda t: t.index_select(0, g))
+                        pick_a = (lambda t: t) if full else (lambda t: t[rows[worth]])
+                        rm, rs, re, st = self._refine(mods[worth], scs[worth], errs[worth], pick_g(x0), pick_g(x1),
+                                                      tuple(pick_a(t) for t in Da),
+                                                      None if va is None else pick_a(va),
+                                                      gen, inner=True, iters=self.lo_iters)
                         mods, scs, errs = mods.index_copy(0, worth, rm), scs.index_copy(0, worth, rs), \
                             errs.index_copy(0, worth, re)
-                    best[gi] = mods
-                    best_score[gi] = scs
-                    best_err[gi] = errs
+                        stalled[worth.cpu().numpy()] = st.cpu().numpy()
+                    if gi is None:
+                        best, best_score, best_err = mods, scs, errs
+                    else:
+                        best[gi] = mods
+                        best_score[gi] = scs
+                        best_err[gi] = errs
+                    settled[gi_h] = stalled
                     # 6. adaptive termination (see ``log_miss``)
-                    p_u[gi], p_w[gi] = inlier_probs(gi, errs)
-            iters = n_u[ids] + n_w[ids]
-            done = ((log_miss(ids) <= log_fail) & (iters >= self.min_iters)) | (iters >= self.max_iters)
-            active[ids[done]] = False
+                    p_u[gi_h], p_w[gi_h] = inlier_probs(gi if gi is not None else slice(None), errs)
+            iters = n_u[ids_h] + n_w[ids_h]
+            done = ((log_miss(ids_h) <= log_fail) & (iters >= self.min_iters)) | (iters >= self.max_iters)
+            active[ids_h[done]] = False
 
-        # 7. final refit and inlier mask
+        # 7. final refit (of the models that are not already a fixed point of it) and inlier mask
         has = (best_score > 0) & torch.isfinite(best).flatten(1).all(1)
-        mask_o = torch.zeros(B, N, dtype=torch.bool, device=dev)
-        if bool(has.any()):
-            gi = has.nonzero().flatten()
+        mask_o = best_err < t2
+        refit = has & ~torch.from_numpy(settled).to(dev)
+        if bool(refit.any()):
+            gi = refit.nonzero().flatten()
             alli = gi.numel() == B
-            mods, _, errs = self._refine(best[gi], best_score[gi], best_err[gi], x0[gi], x1[gi],
-                                         PP if alli else tuple(t[gi] for t in PP),
-                                         vmask if (vmask is None or alli) else vmask[gi],
-                                         gen, inner=False, iters=self.final_iters)
-            best[gi] = mods
-            mask_o[gi] = errs < t2
+            pick = (lambda t: t) if alli else (lambda t: t.index_select(0, gi))
+            mods, _, errs, _ = self._refine(pick(best), pick(best_score), pick(best_err), pick(x0), pick(x1),
+                                            tuple(pick(t) for t in PP), None if vmask is None else pick(vmask),
+                                            gen, inner=False, iters=self.final_iters)
+            if alli:
+                best, mask_o = mods, errs < t2
+            else:
+                best[gi] = mods
+                mask_o[gi] = errs < t2
+        mask_o = mask_o & has[:, None]
         enough = mask_o.sum(1) >= s
-        best[~enough] = float("nan")
-        mask_o[~enough] = False
-        mask = torch.zeros_like(mask_o).scatter_(1, order, mask_o)
-        return best, mask, n_u + n_w
+        best = torch.where(enough[:, None, None], best, torch.full_like(best, float("nan")))
+        mask_o = mask_o & enough[:, None]
+        mask = mask_o if order is None else torch.zeros_like(mask_o).scatter_(1, order, mask_o)
+        return best, mask, torch.from_numpy(n_u + n_w).to(dev)
 
 
 # ---------------------------------------------------------------------- public API helpers

@@ -114,3 +114,18 @@ def test_caller_weights_drive_termination():
     _, _, it_u = est(c0, c1, valid, None, s0, s1)
     assert int(it_w[0]) * 5 < int(it_u[0])
     assert m_w[0][torch.from_numpy(p["inlier"])].float().mean() > 0.5
+
+
+def test_counts_same_with_binary_search_fallback(monkeypatch):
+    """Huge grids find the cells' ranges by binary search instead of the dense table: same counts."""
+    import correspondence.consistency as cons
+
+    ps, x0, x1 = _batch([0.5, 0.1], n=800, seed=4)
+    valid = torch.ones(2, 800, dtype=torch.bool)
+    valid[1, 700:] = False
+    dense = neighbour_consistency(x0, x1, valid, max_per_cell=1000)
+    monkeypatch.setattr(cons, "_DENSE_CELLS", 0)
+    sparse = neighbour_consistency(x0, x1, valid, max_per_cell=1000)
+    assert torch.equal(dense, sparse)
+    assert torch.equal(sparse.float(), _brute_force(x0, x1, valid))
+    assert float(sparse[1, 700:].abs().sum()) == 0
