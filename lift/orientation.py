@@ -67,7 +67,7 @@ class Orientation(nn.Module):
     def forward_standardized(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` for patches already standardised by :func:`lift.layers.normalize_patches`
         (the runtime standardises in float32 before running the network in bfloat16)."""
-        x = self.features(x).flatten(1)
+        x = self.features(x).flatten(1).to(self.fc1.weight.dtype)  # conv stages may be bfloat16
         x = ghh(self.fc1(x), self.num_sum, self.num_max)
         x = ghh(self.fc2(x), self.num_sum, self.num_max)
         # LIFT's output normalisation: divide by the max-abs value, nudge away from zero,

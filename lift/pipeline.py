@@ -123,9 +123,7 @@ class LIFT(nn.Module):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.model.to(self.device)
         # BN-folded, channels-last snapshots of the patch networks (weights as of now)
-        self._nets = self.model.inference_nets()
-        dtype = self._patch_dtype()
-        self._nets = {name: net.to(dtype) for name, net in self._nets.items()}
+        self._nets = self.model.inference_nets(self._patch_dtype())
 
     def _patch_dtype(self) -> torch.dtype:
         want = self.conf.patch_precision
@@ -250,13 +248,14 @@ class LIFT(nn.Module):
 
     def _run_chunks(self, net, pyr, kp, sc, ori, bidx) -> torch.Tensor:
         outs = []
-        dtype = next(net.parameters()).dtype
+        dtype = next(net.features.parameters()).dtype
         for s in range(0, len(kp), self.conf.patch_batch):
             sl = slice(s, s + self.conf.patch_batch)
             patches = extract_patches_pyramid(pyr, kp[sl], sc[sl], None if ori is None else ori[sl],
                                               net.input_size, DESCRIPTOR_SUPPORT, bidx[sl])
-            # standardised in float32 (bfloat16 would flatten faint texture), then cast
-            patches = normalize_patches(patches).to(dtype)
+            # standardised in float32 (bfloat16 would flatten faint texture), then cast; the
+            # network reads only its top-left crop x crop window (lift.inference)
+            patches = normalize_patches(patches)[..., :net.crop, :net.crop].to(dtype)
             outs.append(net.forward_standardized(
                 patches.contiguous(memory_format=torch.channels_last)).float())
         return torch.cat(outs)

@@ -1,10 +1,12 @@
 """Speed benchmark: ``lift.detect_and_describe`` vs ``cv2.SIFT_create(2048).detectAndCompute``.
 
 Protocol: the same 640 x 480 grey photos (scikit-image's data module, resized), 2 threads for
-both libraries, one warm-up call per image, then ``--repeats`` rounds in which SIFT and lift run
-back to back on each image; the median per-image wall time of each and the median of the paired
-per-call ratios; keypoint counts reported (lift also at SIFT's keypoint count). A stage breakdown of lift (scale space + NMS,
-orientation, descriptors) is measured with the same protocol. Writes a Markdown report.
+both libraries, one warm-up call per image, then ``--repeats`` rounds in which SIFT and lift each
+run over all images; the median per-image wall time of each and the median of the paired
+(same image, same round) time ratios; keypoint counts reported (lift also at SIFT's keypoint
+count). OpenMP's wait policy is the library default unless ``--omp-wait-policy`` says otherwise.
+A stage breakdown of lift (scale space + NMS, orientation, descriptors) is measured with the same
+protocol. Writes a Markdown report.
 
     python tools/bench_speed.py --output benchmarks/speed.md
 """
@@ -12,16 +14,22 @@ from __future__ import annotations
 
 import os
 
-# torch's OpenMP threads spin-wait by default; on a shared, loaded machine that inflates its
-# timings many times. Passive waiting must be set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import sys
+
+# OpenMP's wait policy must be fixed before torch is imported. The default is what users get
+# (libgomp spins briefly, then sleeps); ``--omp-wait-policy PASSIVE`` (sleep at once) is kinder
+# to a loaded shared machine but adds a thread wake-up to every parallel torch op.
+for _i, _a in enumerate(sys.argv):
+    if _a == "--omp-wait-policy" and _i + 1 < len(sys.argv):
+        os.environ["OMP_WAIT_POLICY"] = sys.argv[_i + 1]
+    elif _a.startswith("--omp-wait-policy="):
+        os.environ["OMP_WAIT_POLICY"] = _a.split("=", 1)[1]
 
 import argparse
 import datetime as dt
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -47,18 +55,21 @@ def photos(size=(640, 480)):
     return out
 
 
-def paired_ms(fns, images, repeats):
-    """Median ms per image of each function in ``fns`` (name -> fn), run back to back on the same
-    image in every round (so that a change of machine load hits all of them alike), plus the
-    median over all (round, image) pairs of the time ratio of each function to the first."""
+def paired_ms(fns, images, repeats, pause=0.05):
+    """Median ms per image of each function in ``fns`` (name -> fn) and the median over all
+    (round, image) pairs of its time ratio to the first function on the same image in the same
+    round. Every round runs each function over all images in turn (so that a change of machine
+    load hits all of them alike), with a ``pause`` (s) between functions so that threads still
+    spin-waiting after one library's last call do not slow down the other's first."""
     names = list(fns)
     for im in images:
         for name in names:
             fns[name](im)
     times = {name: [] for name in names}
     for _ in range(repeats):
-        for im in images:
-            for name in names:
+        for name in names:
+            time.sleep(pause)
+            for im in images:
                 t = time.perf_counter()
                 fns[name](im)
                 times[name].append(time.perf_counter() - t)
@@ -107,6 +118,9 @@ def main(argv=None) -> Path:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-keypoints", type=int, default=2048)
+    ap.add_argument("--omp-wait-policy", default=None,
+                    help="OMP_WAIT_POLICY for this run (ACTIVE / PASSIVE; default: as set in the "
+                         "environment, else OpenMP's default)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -148,14 +162,14 @@ def main(argv=None) -> Path:
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; commit `{commit}`",
         f"- machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset (OpenMP default)')} "
         f"(torch {torch.__version__}, OpenCV {cv2.__version__}); shared machine, compare ratios",
         f"- command: `{cmd}`",
         f"- images: {len(images)} scikit-image photos ({', '.join(IMAGES)}) resized to 640x480 grey; "
-        f"one warm-up per image, then {args.repeats} rounds in which every method runs on the same "
-        "image back to back; median per-image wall time, and the median of the per-call ratios "
-        "to SIFT's time on the same image in the same round (the paired ratio: robust to load "
-        "changes during the run)",
+        f"one warm-up per image, then {args.repeats} rounds in which every method runs over all "
+        "images in turn (50 ms pause between methods); median per-image wall time, and the "
+        "median of the ratios to SIFT's time on the same image in the same round (the paired "
+        "ratio: robust to load changes during the run)",
         f"- lift model: {note}",
         f"- load average (1 min) at start / end: {load0:.2f} / {os.getloadavg()[0]:.2f}",
         "",

@@ -13,11 +13,13 @@ The multi-scale source of the paper is obtained by resizing the image before des
 """
 from __future__ import annotations
 
+import copy
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
+from lift.inference import fold_batch_norm
 from lift.model import LIFTModel
 
 __all__ = ["DenseDescriptor", "resize_image", "describe_scales"]
@@ -64,7 +66,10 @@ class DenseDescriptor(torch.nn.Module):
         if stride % 4 or stride < 4:
             raise ValueError(f"the grid step must be a multiple of 4 (the network's stride), got {stride}")
         lift_model = model if isinstance(model, LIFTModel) else LIFTModel.load(model)
-        self.net = lift_model.inference_nets()["descriptor"].float()
+        # the descriptor with batch norm folded, applied densely (fully convolutional: not the
+        # per-patch runtime copy of lift.inference, whose last layer is a flat linear layer)
+        self.net = copy.deepcopy(lift_model.descriptor).eval().float()
+        self.net.features = fold_batch_norm(self.net.features).to(memory_format=torch.channels_last)
         self.size = int(self.net.input_size)
         self.stride = int(stride)
         self.dim = int(self.net.dim)

@@ -1,0 +1,68 @@
+"""The runtime's inference copies of the patch networks compute what the trained networks do."""
+import pytest
+import torch
+
+from lift.inference import FastReLU, inference_net
+from lift.layers import normalize_patches
+from lift.model import FAST_CONFIG, PAPER_CONFIG, LIFTModel
+
+
+def _trained_like(config):
+    torch.manual_seed(0)
+    model = LIFTModel(config)
+    for mod in model.modules():  # non-trivial batch-norm statistics to fold
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("config", [FAST_CONFIG, PAPER_CONFIG], ids=["fast", "paper"])
+def test_inference_copies_equal_the_networks(config):
+    model = _trained_like(config)
+    for name in ("orientation", "descriptor"):
+        net = getattr(model, name)
+        fast = inference_net(net)
+        size = net.input_size
+        x = torch.rand(37, 1, size, size)
+        with torch.no_grad():
+            ref = net(x)
+            std = normalize_patches(x)[..., :fast.crop, :fast.crop]
+            got = fast.forward_standardized(std.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-4)
+        assert not any(p.requires_grad for p in fast.parameters())
+        assert all(p.requires_grad for p in net.parameters())  # the model is left alone
+
+
+def test_orientation_reads_only_its_receptive_window():
+    """FAST_CONFIG's floor pooling never reads the last 4 rows and columns of a 32 px patch;
+    the inference copy says so, and changing those pixels (after standardisation) changes
+    nothing."""
+    model = _trained_like(FAST_CONFIG)
+    fast = inference_net(model.orientation)
+    assert fast.crop == 28
+    assert inference_net(model.descriptor).crop == 32
+    x = normalize_patches(torch.rand(5, 1, 32, 32))
+    y = x.clone()
+    y[..., 28:, :] = 9.0
+    y[..., :, 28:] = -9.0
+    with torch.no_grad():
+        torch.testing.assert_close(model.orientation.forward_standardized(x),
+                                   model.orientation.forward_standardized(y))
+
+
+def test_fast_relu_and_bfloat16_copy():
+    x = torch.randn(1000).bfloat16()
+    torch.testing.assert_close(FastReLU()(x.clone()), torch.relu(x))
+    x32 = torch.randn(1000)
+    torch.testing.assert_close(FastReLU()(x32.clone()), torch.relu(x32))
+    model = _trained_like(FAST_CONFIG)
+    fast = inference_net(model.descriptor, torch.bfloat16)
+    p = normalize_patches(torch.rand(64, 1, 32, 32))
+    with torch.no_grad():
+        d = torch.nn.functional.normalize(fast.forward_standardized(
+            p.bfloat16().contiguous(memory_format=torch.channels_last)).float(), dim=1)
+        ref = model.descriptor.forward_standardized(p)
+    assert (d * ref).sum(1).min() > 0.99
