@@ -27,11 +27,12 @@ def ghh(x: torch.Tensor, num_sum: int, num_max: int, dim: int = 1) -> torch.Tens
         raise ValueError(f"GHH needs a multiple of {num_sum * num_max} channels, got {c}")
     shape = x.shape[:dim] + (c // (num_sum * num_max), num_sum, num_max) + x.shape[dim + 1:]
     v = x.reshape(shape)
-    # max over the pieces as elementwise maxima of slices (2-3x faster than amax on CPU,
-    # same values), then the alternating-sign sum over the groups
-    y = v.select(dim + 2, 0)
-    for m in range(1, num_max):
-        y = torch.maximum(y, v.select(dim + 2, m))
+    if dim == x.ndim - 1:  # pieces innermost: elementwise maxima of slices (2-3x faster)
+        y = v.select(dim + 2, 0)
+        for m in range(1, num_max):
+            y = torch.maximum(y, v.select(dim + 2, m))
+    else:  # pieces strided (e.g. channels of an image): one reduction is faster
+        y = v.amax(dim + 2)
     out = y.select(dim + 1, 0)
     for n in range(1, num_sum):
         out = out - y.select(dim + 1, n) if n % 2 else out + y.select(dim + 1, n)
@@ -51,20 +52,13 @@ def normalize_patches(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 def max_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     """``(2r+1) x (2r+1)`` maximum filter over the last two dims (outside = -inf), the same as
-    ``F.max_pool2d(x, 2r+1, stride=1, padding=r)`` but computed as separable shifted maxima,
-    ~10x faster on CPU for single-channel maps."""
+    ``F.max_pool2d(x, 2r+1, stride=1, padding=r)`` but separable, as a reduction over unfolded
+    views (~10x faster on CPU for single-channel maps)."""
     if radius <= 0:
         return x
-    h, w = x.shape[-2:]
-    p = torch.nn.functional.pad(x, (radius, radius, 0, 0), value=float("-inf"))
-    m = p[..., :, 0:w]
-    for j in range(1, 2 * radius + 1):
-        m = torch.maximum(m, p[..., :, j:j + w])
-    p = torch.nn.functional.pad(m, (0, 0, radius, radius), value=float("-inf"))
-    out = p[..., 0:h, :]
-    for j in range(1, 2 * radius + 1):
-        out = torch.maximum(out, p[..., j:j + h, :])
-    return out
+    k = 2 * radius + 1
+    p = torch.nn.functional.pad(x, (radius, radius, radius, radius), value=float("-inf"))
+    return p.unfold(-1, k, 1).amax(-1).unfold(-2, k, 1).amax(-1)
 
 
 class MaxPool(nn.Module):
