@@ -87,21 +87,25 @@ def methods(model) -> Dict[str, Callable]:
 
 
 def evaluate(fns: Dict[str, Callable], probs: List[dict], label: str) -> List[dict]:
-    rows = []
-    for name, fn in fns.items():
-        errs, times = [], []
-        for p in probs:
+    """Every method on every problem, the methods interleaved per problem (so that a change of
+    machine load during the run hits all of them alike and the time ratios stay meaningful)."""
+    errs = {name: [] for name in fns}
+    times = {name: [] for name in fns}
+    for p in probs:
+        for name, fn in fns.items():
             try:
                 (R, t), dt = _timed(fn, p["kpts0"], p["kpts1"], p["K0"], p["K1"])
             except Exception:  # a method failing on one pair counts as a failure
                 R, t, dt = None, None, float("nan")
-            errs.append(max(rotation_error_deg(R, p["R"]), translation_error_deg(t, p["t"])))
-            times.append(dt)
-        errs = np.asarray(errs)
-        auc = pose_auc(errs, (5.0, 10.0, 20.0))
-        rows.append({"method": name, "set": label, **map_at(errs), "auc5": auc[5.0], "auc10": auc[10.0],
-                     "auc20": auc[20.0], "median_err": float(np.median(errs)),
-                     "ms": float(np.nanmedian(times) * 1e3), "n": len(probs)})
+            errs[name].append(max(rotation_error_deg(R, p["R"]), translation_error_deg(t, p["t"])))
+            times[name].append(dt)
+    rows = []
+    for name in fns:
+        e = np.asarray(errs[name])
+        auc = pose_auc(e, (5.0, 10.0, 20.0))
+        rows.append({"method": name, "set": label, **map_at(e), "auc5": auc[5.0], "auc10": auc[10.0],
+                     "auc20": auc[20.0], "median_err": float(np.median(e)),
+                     "ms": float(np.nanmedian(times[name]) * 1e3), "n": len(probs)})
         r = rows[-1]
         print(f"{label}: {name}: mAP {r['map5']:.2f}/{r['map10']:.2f}/{r['map20']:.2f} "
               f"AUC {r['auc5']:.2f}/{r['auc10']:.2f}/{r['auc20']:.2f} {r['ms']:.0f} ms", flush=True)
@@ -176,7 +180,7 @@ def write_report(path: Path, command: str, machine: str, elapsed: float, rows: L
              "no ratio test; images 1024 x 683), never seen in training.",
              "- pose error = max(rotation, translation-direction) error; mAP@X = mean accuracy at 5..X degrees "
              "(CNe convention); AUC@X = area under the recall curve to X degrees; 1 px threshold for every "
-             "RANSAC; time = median per pair, environment OMP_WAIT_POLICY=PASSIVE (set by the script).",
+             "RANSAC; time = median per pair, the methods interleaved per pair (same load for all), environment OMP_WAIT_POLICY=PASSIVE (set by the script).",
              f"- CNe inference, N = 2000 correspondences, {torch.get_num_threads()} threads: "
              f"**{inf_ms['network'][0]:.1f} ms** (10th percentile {inf_ms['network'][1]:.1f} ms) the network pass as "
              f"`filter_matches` runs it (`CNeNet.infer`, precision \"auto\" = "
