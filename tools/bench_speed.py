@@ -179,7 +179,9 @@ def main(argv=None) -> Path:
     for name, t, n, r, rp in rows:
         lines.append(f"| {name} | {t:.1f} | {'' if np.isnan(n) else f'{n:.0f}'} | {r:.2f}x | "
                      f"{'' if np.isnan(rp) else f'{rp:.2f}x'} |")
-    lines += ["", "Where lift's time goes (median ms / image, same protocol):", "",
+    lines += ["", "Where lift's time goes (median ms / image of each stage alone, measured in a "
+              "separate pass after the table above, lift only: compare the stages with each other; "
+              "the machine's speed drifts between passes):", "",
               "| stage | ms |", "|---|---:|",
               f"| scale space + detector + NMS + refinement | {det:.1f} |",
               f"| orientation (patch sampling + network) | {ori:.1f} |",
