@@ -219,9 +219,8 @@ def extract_patches_pyramid(pyramid: Sequence[torch.Tensor], keypoints: torch.Te
     n = keypoints.shape[0]
     base = pyramid[0]
     bsz, ch = base.shape[:2]
-    side = patch_size
     if n == 0:
-        return base.new_zeros((0, ch, side, side))
+        return base.new_zeros((0, ch, patch_size, patch_size))
     if batch_index is None:
         if bsz != 1:
             raise ValueError("extract_patches_pyramid needs batch_index when the batch has B > 1")
@@ -245,19 +244,19 @@ def extract_patches_pyramid(pyramid: Sequence[torch.Tensor], keypoints: torch.Te
     norm = torch.tensor([2.0 / wa, 2.0 / ha], dtype=dtype, device=dev)
     shift = (geo[:, 2:] + 0.5) * norm - 1  # level origin in atlas coordinates, N x 2
     affine_n = torch.cat([affine[:, :2] * norm, (affine[:, 2:] * norm + shift[:, None])], 1)
-    u = (2 * torch.arange(side, dtype=dtype, device=dev) + 1) / patch_size - 1
-    uv1 = torch.stack([u.repeat(side), u.repeat_interleave(side),
-                       torch.ones(side * side, dtype=dtype, device=dev)], 1)  # row-major pixels
+    u = (2 * torch.arange(patch_size, dtype=dtype, device=dev) + 1) / patch_size - 1
+    uv1 = torch.stack([u.repeat(patch_size), u.repeat_interleave(patch_size),
+                       torch.ones(patch_size * patch_size, dtype=dtype, device=dev)], 1)  # row-major pixels
     # grid[n, p, c] = sum_k uv1[p, k] affine_n[n, k, c] as ONE matrix product with interleaved
     # output: (N x 6) @ (6 x 2 S^2), the right factor holding uv1[p, k] at ((k, c), (p, c))
-    # (a broadcast batched matmul with K = 3 is ~10x slower on CPU)
-    spread = torch.zeros(3, 2, side * side, 2, dtype=dtype, device=dev)
+    # (a broadcast batched matmul with K = 3 is ~5x slower on CPU)
+    spread = torch.zeros(3, 2, patch_size * patch_size, 2, dtype=dtype, device=dev)
     spread[:, 0, :, 0] = uv1.t()
     spread[:, 1, :, 1] = uv1.t()
-    grid = torch.mm(affine_n.reshape(n, 6), spread.reshape(6, -1)).view(n, side * side, 2)
+    grid = torch.mm(affine_n.reshape(n, 6), spread.reshape(6, -1)).view(n, patch_size * patch_size, 2)
     # border padding, per level: clamp the samples of the patches that leave their level to its
     # pixel-centre range (the sampled window is a parallelogram: its corner samples bound it)
-    corner = uv1[[0, side - 1, -side, -1]]
+    corner = uv1[[0, patch_size - 1, -patch_size, -1]]
     cpix = torch.matmul(corner, affine)  # N x 4 x 2 level pixels
     size = geo[:, :2]
     out_side = ((cpix < 0) | (cpix > size[:, None] - 1)).flatten(1).any(1)
@@ -267,13 +266,13 @@ def extract_patches_pyramid(pyramid: Sequence[torch.Tensor], keypoints: torch.Te
         hi = lo + (size[sel, None] - 1) * norm
         grid.index_put_((sel,), torch.minimum(torch.maximum(grid[sel], lo), hi))
     if bsz == 1:
-        out = F.grid_sample(atlas, grid.view(1, n * side, side, 2), mode="bilinear",
+        out = F.grid_sample(atlas, grid.view(1, n * patch_size, patch_size, 2), mode="bilinear",
                             padding_mode="border", align_corners=False)
-        return out.view(ch, n, side, side).transpose(0, 1)
-    out = base.new_empty((n, ch, side, side))
+        return out.view(ch, n, patch_size, patch_size).transpose(0, 1)
+    out = base.new_empty((n, ch, patch_size, patch_size))
     for bi in torch.unique(batch_index).tolist():
         sel = torch.nonzero(batch_index == bi).squeeze(1)
-        p = F.grid_sample(atlas[bi:bi + 1], grid[sel].view(1, -1, side, 2), mode="bilinear",
+        p = F.grid_sample(atlas[bi:bi + 1], grid[sel].view(1, -1, patch_size, 2), mode="bilinear",
                           padding_mode="border", align_corners=False)
-        out[sel] = p.view(ch, len(sel), side, side).transpose(0, 1)
+        out[sel] = p.view(ch, len(sel), patch_size, patch_size).transpose(0, 1)
     return out

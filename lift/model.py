@@ -12,7 +12,6 @@ The configs are the constructor arguments of :class:`~lift.detector.Detector`,
 """
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 from pathlib import Path
