@@ -74,6 +74,8 @@ def scale_space_nms(levels: Sequence[Tuple[float, float, float, torch.Tensor, to
         """``src`` (s_all or p_all) at the nearest pixel of level ``k2`` (clamped into
         range) to each candidate's position."""
         k2c = k2.clamp(0, nlev - 1)
+        # via the original-image position, as (i + 0.5) / f - 0.5 then back: the same float
+        # rounding as the per-level definition (a shortcut can round a half-way pixel apart)
         h2, w2 = h_l[k2c], w_l[k2c]
         y2 = (((yi.to(dtype) + 0.5) / fy - 0.5 + 0.5) * geo[k2c, 2] - 0.5).round().long()
         x2 = (((xi.to(dtype) + 0.5) / fx - 0.5 + 0.5) * geo[k2c, 1] - 0.5).round().long()
@@ -94,12 +96,6 @@ def scale_space_nms(levels: Sequence[Tuple[float, float, float, torch.Tensor, to
     dx = torch.tensor([d[1] for d in _NEIGHBOURS], device=device)
     win = s_all[g[:, None] + dy * ww[:, None] + dx]  # K x 9, row-major 3 x 3
     refine_scale = conf.refine and conf.scale_nms >= 1
-    sides = []
-    for dk in (-1, 1):
-        k2 = lev + dk
-        v = at_level(k2, s_all) if refine_scale else torch.full_like(val, math.nan)
-        sides.append(torch.where((k2 >= 0) & (k2 < nlev), v, torch.full_like(v, math.nan)))
-    sm, sp = sides
     sig = geo[lev, 0]
 
     # spatial derivatives of the score at the candidate (3 x 3 neighbourhood)
@@ -125,7 +121,9 @@ def scale_space_nms(levels: Sequence[Tuple[float, float, float, torch.Tensor, to
         keep &= (ox.abs() < 1.5) & (oy.abs() < 1.5)
         ox, oy = ox.clamp(-1, 1), oy.clamp(-1, 1)
         score = val + 0.5 * (gx * ox + gy * oy)
-        if refine_scale:
+        if refine_scale:  # scores at the neighbouring scales (NaN where a level is missing)
+            sm, sp = (torch.where((lev + dk >= 0) & (lev + dk < nlev), at_level(lev + dk, s_all),
+                                  torch.full_like(val, math.nan)) for dk in (-1, 1))
             dss = sp + sm - 2 * val
             ds = (sp - sm) / 2
             good = torch.isfinite(dss) & (dss < -1e-12)

@@ -122,7 +122,7 @@ class LIFT(nn.Module):
         self.model.eval()
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.model.to(self.device)
-        # BN-folded, channels-last snapshots of the patch networks (weights as of now)
+        # inference copies of the patch networks (lift.inference; weights as of now)
         self._nets = self.model.inference_nets(self._patch_dtype())
 
     def _patch_dtype(self) -> torch.dtype:
