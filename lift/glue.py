@@ -131,15 +131,35 @@ def extract_patches(image: torch.Tensor, keypoints: torch.Tensor, scales: torch.
     theta = patch_affine(keypoints.to(image.dtype), scales.to(image.dtype),
                          None if oris is None else oris.to(image.dtype), (w, h), support)
     grid = patch_grid(theta, patch_size)
-    # sample all patches of one image in a single grid_sample call: stack the grids along H
+    # all patches of one image in a single grid_sample call
+    if b == 1:
+        return _sample_patches(image, grid, padding_mode)
     out = image.new_empty((n, ch, patch_size, patch_size))
     for bi in torch.unique(batch_index).tolist():
         sel = torch.nonzero(batch_index == bi).squeeze(1)
-        g = grid[sel].reshape(1, -1, patch_size, 2)
-        p = F.grid_sample(image[bi:bi + 1], g, mode="bilinear", padding_mode=padding_mode,
-                          align_corners=False)
-        out[sel] = p.reshape(ch, len(sel), patch_size, patch_size).transpose(0, 1)
+        out[sel] = _sample_patches(image[bi:bi + 1], grid[sel], padding_mode)
     return out
+
+
+def _sample_patches(image: torch.Tensor, grid: torch.Tensor, padding_mode: str) -> torch.Tensor:
+    """Bilinear samples of one ``1 x C x H x W`` image at the sampling grids of N patches
+    (``N x S*S x 2`` or ``N x S x S x 2``, normalised, ``align_corners=False``) ->
+    ``N x C x S x S``, in one ``grid_sample`` call.
+
+    PyTorch's CPU ``grid_sample`` parallelises over the batch dimension only, so on CPU the
+    patches are split over ``torch.get_num_threads()`` batch entries of the *expanded* (not
+    copied) image: the same values, 2x faster on 2 threads (one batch entry ran single-threaded).
+    """
+    n, ch = grid.shape[0], image.shape[1]
+    s = math.isqrt(grid[0].numel() // 2)
+    k = max(1, min(torch.get_num_threads(), n)) if image.device.type == "cpu" else 1
+    m = -(-n // k)  # patches per batch entry; the last entry is padded with copies of patch 0
+    g = grid.reshape(n, s, s, 2)
+    if m * k != n:
+        g = torch.cat([g, g[:1].expand(m * k - n, s, s, 2)])
+    out = F.grid_sample(image.expand(k, -1, -1, -1), g.reshape(k, m * s, s, 2), mode="bilinear",
+                        padding_mode=padding_mode, align_corners=False)
+    return out.view(k, ch, m, s, s).transpose(1, 2).reshape(k * m, ch, s, s)[:n]
 
 
 def blur_downsample(image: torch.Tensor) -> torch.Tensor:
@@ -266,13 +286,9 @@ def extract_patches_pyramid(pyramid: Sequence[torch.Tensor], keypoints: torch.Te
         hi = lo + (size[sel, None] - 1) * norm
         grid.index_put_((sel,), torch.minimum(torch.maximum(grid[sel], lo), hi))
     if bsz == 1:
-        out = F.grid_sample(atlas, grid.view(1, n * patch_size, patch_size, 2), mode="bilinear",
-                            padding_mode="border", align_corners=False)
-        return out.view(ch, n, patch_size, patch_size).transpose(0, 1)
+        return _sample_patches(atlas, grid, "border")
     out = base.new_empty((n, ch, patch_size, patch_size))
     for bi in torch.unique(batch_index).tolist():
         sel = torch.nonzero(batch_index == bi).squeeze(1)
-        p = F.grid_sample(atlas[bi:bi + 1], grid[sel].view(1, -1, patch_size, 2), mode="bilinear",
-                          padding_mode="border", align_corners=False)
-        out[sel] = p.view(ch, len(sel), patch_size, patch_size).transpose(0, 1)
+        out[sel] = _sample_patches(atlas[bi:bi + 1], grid[sel], "border")
     return out

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lift.glue import (build_pyramid, extract_patches, extract_patches_pyramid, soft_argmax,
                        soft_max_score)
@@ -151,6 +152,28 @@ def test_atlas_extraction_equals_per_level_sampling(rotated):
     torch.testing.assert_close(one, ref1, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="batch_index"):
         extract_patches_pyramid(pyr, kp, sc, ori, 32, 6.0)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_patch_sampling_split_over_threads_is_exact(threads):
+    """The CPU sampler splits the patches over ``torch.get_num_threads()`` batch entries of the
+    expanded image (grid_sample parallelises over the batch only): the values must be those of
+    one plain grid_sample call, for any patch count (padding of the last entry) and channels."""
+    from lift.glue import _sample_patches
+
+    torch.manual_seed(4)
+    img = torch.rand(1, 3, 30, 41)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for n in (1, 2, 5, 64):
+            grid = torch.rand(n, 7 * 7, 2) * 2.4 - 1.2
+            ref = F.grid_sample(img, grid.view(1, n * 7, 7, 2), mode="bilinear",
+                                padding_mode="border", align_corners=False)
+            ref = ref.view(3, n, 7, 7).transpose(0, 1)
+            assert torch.equal(_sample_patches(img, grid, "border"), ref)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_atlas_extraction_is_differentiable():

@@ -80,9 +80,11 @@ def test_max_filter_equals_max_pool():
     torch.manual_seed(3)
     x = torch.randn(2, 13, 17)
     x[0, :3] = -float("inf")
-    for r in (0, 1, 2, 3):
+    for r in (0, 1, 2, 3, 4, 5, 6):  # window sides 3..13: every doubling/overlap case
         ref = F.max_pool2d(x[:, None], 2 * r + 1, stride=1, padding=r)[:, 0] if r else x
         assert torch.equal(max_filter(x, r), ref)
+    tiny = torch.randn(1, 1, 2)  # smaller than the window
+    assert torch.equal(max_filter(tiny, 3), tiny.amax().expand(1, 1, 2))
 
 
 def test_patch_normalisation_matches_mean_std():
