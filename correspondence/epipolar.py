@@ -334,7 +334,7 @@ def _so3_exp(w: torch.Tensor) -> torch.Tensor:
 
 
 def refine_pose(R: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, valid: torch.Tensor,
-                threshold: torch.Tensor, iters: int = 10) -> Tuple[torch.Tensor, torch.Tensor]:
+                threshold: torch.Tensor, iters: int = 10, tol: float = 1e-10) -> Tuple[torch.Tensor, torch.Tensor]:
     """Robust Gauss-Newton refinement of relative poses on the Sampson error (batched).
 
     Minimises ``sum_i rho(d_i)`` over ``(R, t)`` (``|t| = 1``), ``d_i`` the Sampson distance of
@@ -345,7 +345,10 @@ def refine_pose(R: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, x1: torch.Te
     Args:
         R: ``B x 3 x 3``. t: ``B x 3`` unit. x0, x1: ``B x N x 2`` calibrated coordinates.
         valid: ``B x N`` matches to use (e.g. the inliers). threshold: ``B`` Cauchy scale in the
-            calibrated units of the Sampson distance. iters: Gauss-Newton steps.
+            calibrated units of the Sampson distance. iters: most Gauss-Newton steps.
+        tol: stop early once, in every problem, an accepted step lowers the cost by less than
+            this fraction (or the step is below 1e-12): the remaining steps would not move the
+            pose beyond float64 noise.
 
     Returns:
         refined ``(R, t)`` in float64 (cast back to the input dtype).
@@ -399,4 +402,9 @@ def refine_pose(R: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, x1: torch.Te
         R = torch.where(better[:, None, None], Rn, R)
         t = torch.where(better[:, None], tn, t)
         lam = torch.where(better, lam * 0.1, lam * 10).clamp(1e-8, 1e4)
+        # converged everywhere: the step is at float64 noise, or an accepted step gained less
+        # than ``tol`` of the cost (Gauss-Newton converges quadratically: the next would not)
+        done = (delta.abs().amax(-1) < 1e-12) | (better & (c_old - c_new <= tol * c_old.abs()))
+        if bool(done.all()):
+            break
     return R.to(dt), t.to(dt)

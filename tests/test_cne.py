@@ -400,3 +400,40 @@ def test_bfloat16_inference_agrees_with_float32_shipped_weights():
     agree = ((out > 0) == (ref > 0)).double().mean(1)
     assert float(agree.min()) >= 0.995, agree
     assert torch.allclose(net.infer(x, precision="float32"), ref, atol=1e-4)
+
+
+def test_second_hypothesis_recovers_pose_the_kept_matches_miss():
+    """``second_hypothesis``: when the kept matches are dominated by a consistent *wrong*
+    structure (180 matches of another rigid motion, against 150 of the 400 true inliers), the
+    kept-only fit is the wrong motion, while the second problem, sampled from about the same
+    matches but scored on all of them, finds the true one and wins the MSAC comparison; a pair
+    whose kept matches are right keeps its pose."""
+    from correspondence.cne import _two_hypotheses
+
+    rng = np.random.default_rng(5)
+    true = relative_pose_problem(rng, 400, 1.0, noise=0.5)
+    wrong = relative_pose_problem(rng, 180, 1.0, noise=0.5)
+    k0 = np.concatenate([true["kpts0"], wrong["kpts0"], rng.uniform([0, 0], [639, 479], (220, 2))])
+    k1 = np.concatenate([true["kpts1"], wrong["kpts1"], rng.uniform([0, 0], [639, 479], (220, 2))])
+    K = torch.from_numpy(true["K"])
+    n = len(k0)
+    bad_keep = torch.zeros(n, dtype=torch.bool)
+    bad_keep[:150] = True  # 150 true inliers
+    bad_keep[400:580] = True  # the distractor motion (180)
+    good_keep = torch.zeros(n, dtype=torch.bool)
+    good_keep[:300] = True
+    keep = torch.stack([bad_keep, good_keep])
+    valid = torch.ones(2, n, dtype=torch.bool)
+    w = keep.double()
+    kk0 = torch.from_numpy(k0)[None].expand(2, -1, -1)
+    kk1 = torch.from_numpy(k1)[None].expand(2, -1, -1)
+    kw = dict(threshold=1.0, confidence=0.999)
+    R, t, inl = _two_hypotheses(kk0, kk1, K, K, keep, valid, w, kw)
+    err = [max(rotation_error_deg(R[i].numpy(), true["R"]), translation_error_deg(t[i].numpy(), true["t"]))
+           for i in range(2)]
+    assert max(err) < 2.0, err
+    assert inl[0, :400].float().mean() > 0.8 and inl[0, 400:580].float().mean() < 0.05
+    # the kept-only fit of the first pair is the distractor motion (what the option fixes)
+    from correspondence.ransac import estimate_relative_pose
+    Rk, tk, _ = estimate_relative_pose(kk0[:1], kk1[:1], K, K, mask=keep[:1], weights=w[:1], **kw)
+    assert max(rotation_error_deg(Rk[0].numpy(), true["R"]), translation_error_deg(tk[0].numpy(), true["t"])) > 5.0

@@ -17,7 +17,9 @@ Protocol (issue "Learned outlier filter (CNe)"), all methods in one run:
 * Methods: our RANSAC (``estimate_relative_pose``), ``cv2.findEssentialMat`` USAC_MAGSAC,
   poselib (when installed; anchors from ``tools/bench_ransac.py``, 1 px threshold); CNe with the
   weighted eight-point (``relative_pose_cne(method="cne")``) and CNe + our RANSAC on the kept
-  matches (``method="cne+ransac"``). For real pairs with two intrinsics the single-K anchors get
+  matches (``method="cne+ransac"``), also with ``second_hypothesis=True`` (a second RANSAC
+  problem on all matches in the same batched call, the better MSAC score on all matches
+  wins). For real pairs with two intrinsics the single-K anchors get
   image-1 keypoints re-expressed with ``K0`` (``K0 K1^-1 x1``; the same rays).
 * CNe inference time for N=2000: the network pass ``filter_matches`` runs (``CNeNet.infer``, default
   precision) and the whole ``filter_matches`` call, with the float32 paths as anchors in the same
@@ -76,13 +78,15 @@ def methods(model) -> Dict[str, Callable]:
             return fn(np.ascontiguousarray(k0), np.ascontiguousarray(k1), K0)
         out["RANSAC (ours)" if name == "ours" else name] = run
 
-    def cne(k0, k1, K0, K1, method):
+    def cne(k0, k1, K0, K1, method, **kw):
         R, t, _ = relative_pose_cne(torch.from_numpy(k0).float(), torch.from_numpy(k1).float(),
                                     torch.from_numpy(K0).float(), torch.from_numpy(K1).float(),
-                                    method=method, model=model, threshold=1.0, confidence=CONFIDENCE)
+                                    method=method, model=model, threshold=1.0, confidence=CONFIDENCE, **kw)
         return R.double().numpy(), t.double().numpy()
     out["CNe (weighted 8-point)"] = lambda k0, k1, K0, K1: cne(k0, k1, K0, K1, "cne")
     out["CNe + RANSAC (ours)"] = lambda k0, k1, K0, K1: cne(k0, k1, K0, K1, "cne+ransac")
+    out["CNe + RANSAC, second hypothesis (ours)"] = lambda k0, k1, K0, K1: cne(
+        k0, k1, K0, K1, "cne+ransac", second_hypothesis=True)
     return out, notes
 
 
