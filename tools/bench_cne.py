@@ -193,7 +193,11 @@ def write_report(path: Path, command: str, machine: str, elapsed: float, rows: L
              f"in the same rounds: {inf_ms['network float32'][0]:.1f} ms ({inf_ms['network float32'][1]:.1f}) "
              f"`infer(precision=\"float32\")`, {inf_ms['forward'][0]:.1f} ms ({inf_ms['forward'][1]:.1f}) the float32 "
              "training forward `model(x)`, which `filter_matches` ran before (medians and 10th percentiles of 100 "
-             "interleaved rounds).", ""]
+             "interleaved rounds).",
+             "- CNe + RANSAC: `relative_pose_cne(method=\"cne+ransac\")`, our RANSAC on the matches the network "
+             "keeps, sampled by its weights; \"second hypothesis\": `second_hypothesis=True`, the same batched call "
+             "also solves each pair on all its matches (sampled by weight + 1e-3) and the pose with the higher MSAC "
+             "score on all matches is returned.", ""]
     for s in sets:
         lines += [f"## {s}", "", "| method | mAP@5 | mAP@10 | mAP@20 | AUC@5 | AUC@10 | AUC@20 | median err (deg) "
                   "| ms / pair |", "|---|---|---|---|---|---|---|---|---|"]
