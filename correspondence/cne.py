@@ -567,7 +567,7 @@ def relative_pose_cne(kpts0: ArrayLike, kpts1: ArrayLike, K0: ArrayLike, K1: Arr
       the model with the higher MSAC score on all matches is returned: this recovers pairs
       where the network keeps too few of the true inliers (on the held-out Strecha pairs of
       ``tools/bench_cne.py`` it removes most of the failures of the kept-only fit, see
-      ``BENCHMARKS.md``) at the cost of a second, harder RANSAC problem (about 2x the time at
+      ``BENCHMARKS.md``) at the cost of a second, harder RANSAC problem (2-2.5x the time at
       10 % inliers).
 
     If fewer than 16 matches have positive weight, the 16 with the highest logits are used.
