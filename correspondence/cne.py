@@ -46,9 +46,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .epipolar import essential_fit, recover_pose, sampson_error_rows
+from .epipolar import essential_fit, recover_pose
 from .geometry import ArrayLike, apply_similarity, as_points, batch_correspondences, epipolar_rows, \
-    homogeneous_rows, sampson_error, skew, weighted_nullvector
+    sampson_error, skew, weighted_nullvector
 
 __all__ = ["CNeNet", "context_norm", "load_cne", "default_weights_path", "normalize_keypoints",
            "pseudo_intrinsics", "weighted_eight_point", "filter_matches", "relative_pose_cne",
@@ -526,7 +526,7 @@ def _two_hypotheses(k0, k1, K0, K1, keep, valid, w, kw):
     """``relative_pose_cne(second_hypothesis=True)``: one batched RANSAC over 2B problems (the
     kept matches sampled by weight; all valid matches sampled by weight + 1e-3), then per pair
     the pose with the higher MSAC score on all valid matches. ``B x N x 2`` float64 inputs."""
-    from .ransac import _calibrate, _intrinsics, estimate_relative_pose
+    from .ransac import _calibrate, _epipolar_msac, _intrinsics, estimate_relative_pose
 
     B = k0.shape[0]
     Ks = [_intrinsics(K, name, B, k0) for K, name in ((K0, "K0"), (K1, "K1"))]
@@ -539,8 +539,7 @@ def _two_hypotheses(k0, k1, K0, K1, keep, valid, w, kw):
     good = torch.isfinite(R2).flatten(2).all(2) & torch.isfinite(t2).all(2)
     E = skew(torch.where(good[..., None], t2, torch.zeros_like(t2))) @ torch.where(
         good[..., None, None], R2, torch.eye(3, dtype=R2.dtype, device=R2.device).expand_as(R2))
-    errs = sampson_error_rows(E, homogeneous_rows(c0), homogeneous_rows(c1), s0, s1)  # B x 2 x N
-    gain = (thr ** 2 - errs.masked_fill(~ok[:, None], float("inf"))).clamp_min(0).sum(-1)
+    _, gain = _epipolar_msac(E, c0, c1, s0, s1, ok, thr)  # B x 2
     pick = gain.masked_fill(~good, -1.0).argmax(1)  # B (ties: the kept-matches fit)
     ar = torch.arange(B, device=k0.device)
     return R2[ar, pick], t2[ar, pick], inl.view(2, B, -1)[pick, ar]

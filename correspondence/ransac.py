@@ -775,6 +775,15 @@ def find_essential(src: ArrayLike, dst: ArrayLike, K0: Optional[ArrayLike] = Non
     return _output(E, inl, batched, as_numpy)
 
 
+def _epipolar_msac(E: torch.Tensor, c0, c1, s0, s1, valid: torch.Tensor, thr: float):
+    """Squared Sampson errors (``B x K x N``, pixels^2 with the scales ``s0``, ``s1``; inf where
+    not ``valid``) and MSAC gains ``sum_i max(0, thr^2 - e_i)`` (``B x K``) of ``K`` essential
+    matrices per problem (``B x K x 3 x 3``) on calibrated points ``c0``, ``c1`` (``B x N x 2``)."""
+    errs = sampson_error_rows(E, homogeneous_rows(c0), homogeneous_rows(c1), s0, s1)
+    errs = errs.masked_fill(~valid[:, None], float("inf"))
+    return errs, (thr ** 2 - errs).clamp_min(0).sum(-1)
+
+
 def estimate_relative_pose(kpts0: ArrayLike, kpts1: ArrayLike, K0: Optional[ArrayLike] = None,
                            K1: Optional[ArrayLike] = None, threshold: Optional[float] = None,
                            confidence: float = 0.999, max_iters: int = 10_000,
@@ -820,9 +829,7 @@ def estimate_relative_pose(kpts0: ArrayLike, kpts1: ArrayLike, K0: Optional[Arra
         # robust Gauss-Newton on (R, t), kept per problem where it scores higher (MSAC)
         Rr, tr = refine_pose(R, t, c0, c1, valid, thr * (s0 + s1) / 2, iters=refine_iters)
         Er = skew(tr) @ Rr
-        errs = sampson_error_rows(torch.stack([Es, Er], 1), homogeneous_rows(c0), homogeneous_rows(c1), s0, s1)
-        errs = errs.masked_fill(~valid[:, None], float("inf"))
-        gain = (thr ** 2 - errs).clamp_min(0).sum(-1)
+        errs, gain = _epipolar_msac(torch.stack([Es, Er], 1), c0, c1, s0, s1, valid, thr)
         use = ok & torch.isfinite(Er).flatten(1).all(1) & (gain[:, 1] > gain[:, 0])
         if bool(use.any()):
             R, t, front = recover_pose(torch.where(use[:, None, None], Er, Es), c0, c1,
