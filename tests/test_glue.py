@@ -172,6 +172,7 @@ def test_patch_sampling_split_over_threads_is_exact(threads):
                                 padding_mode="border", align_corners=False)
             ref = ref.view(3, n, 7, 7).transpose(0, 1)
             assert torch.equal(_sample_patches(img, grid, "border"), ref)
+        assert _sample_patches(img, torch.zeros(0, 49, 2), "border").shape == (0, 3, 7, 7)  # no patches
     finally:
         torch.set_num_threads(before)
 
