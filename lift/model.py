@@ -45,7 +45,7 @@ PAPER_CONFIG: Dict[str, Dict[str, Any]] = {
 #: half the sampling density (32 px patches, strided first convolutions, 13 px detector).
 FAST_CONFIG: Dict[str, Dict[str, Any]] = {
     "detector": dict(kernel_size=13, num_sum=4, num_max=4, px_per_sigma=23.0 / 24.0),
-    "orientation": dict(input_size=32, channels=[10, 20, 50], kernels=[6, 5, 3],
+    "orientation": dict(input_size=32, channels=[10, 20, 50], kernels=[6, 5, 4],
                         strides=[2, 1, 1], pools=[1, 2, 2], hidden=100),
     "descriptor": dict(input_size=32, channels=[16, 32, 128], kernels=[6, 5, 5],
                        strides=[2, 1, 1], pools=[1, 2, 1]),

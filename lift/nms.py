@@ -34,7 +34,9 @@ def scale_space_nms(levels: Sequence[Tuple[float, float, float, torch.Tensor, to
 
     A candidate is a pixel that (1) equals the max of its (2r+1)^2 window and is finite,
     (2) is strictly larger than the window maxima of the ``+-scale_nms`` neighbouring levels at
-    the same image position (nearest pixel of that level), (3) is not on the level's outer pixel
+    the same image position (nearest pixel of that level), and those levels exist (with
+    ``scale_nms >= 1`` keypoints come from interior levels only, as in SIFT, unless there are at
+    most ``2 scale_nms`` levels), (3) is not on the level's outer pixel
     ring, (4) passes the edge test ``tr^2 / det < (t + 1)^2 / t`` of the score Hessian
     (t = edge_threshold, a peak needs det > 0), and (5) with refinement, has a quadratic-fit
     offset below 1.5 px.
@@ -83,12 +85,18 @@ def scale_space_nms(levels: Sequence[Tuple[float, float, float, torch.Tensor, to
         x2 = torch.minimum(x2.clamp_min(0), w2 - 1)
         return src[base_l[k2c] + (bi * h2 + y2) * w2 + x2]
 
-    # strictly above the window maxima of the neighbouring scales
+    # strictly above the window maxima of the neighbouring scales, which must exist (SIFT's
+    # rule: otherwise the first and last levels collect every point whose scale lies outside
+    # the searched range, 27 % of the keypoints on boat at scale_nms=1); a scale space too
+    # short to have an interior level keeps its boundary levels
+    interior = nlev > 2 * conf.scale_nms
     for dk in range(-conf.scale_nms, conf.scale_nms + 1):
         if dk == 0:
             continue
         k2 = lev + dk
         exists = (k2 >= 0) & (k2 < nlev)
+        if interior:
+            ok &= exists
         ok &= ~exists | (val > at_level(k2, p_all))
     sel = torch.nonzero(ok).squeeze(1)
     g, lev, bi, yi, xi, ww, val, fx, fy = (t[sel] for t in (g, lev, bi, yi, xi, ww, val, fx, fy))

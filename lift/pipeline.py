@@ -39,14 +39,25 @@ class LIFTConfig:
     Attributes:
         max_keypoints: keep at most this many keypoints per image, best scores first;
             ``None`` or <= 0 keeps all [2048].
-        min_sigma, max_sigma: range of keypoint scales sigma searched, in pixels [1.0, 16.0].
+        min_sigma, max_sigma: range of the scale space sigma, in pixels [1.0, 16.0]. With
+            ``scale_nms >= 1`` keypoints come from its interior levels only (see
+            :func:`lift.nms.scale_space_nms`).
         scales_per_octave: scale-space samples per doubling of sigma [4].
         nms_radius: spatial non-maximum suppression radius in detector pixels; a keypoint is
             the maximum of a (2r+1)^2 window [2].
-        scale_nms: a keypoint must beat the neighbouring +-scale_nms scales [1].
+        scale_nms: a keypoint must beat the window maxima of the neighbouring +-scale_nms
+            scales; 0 = every spatial maximum of every level is a candidate, the best scores
+            win [0]. The shipped detector's response is sharply tuned in scale, so keypoints at
+            adjacent scales of one location describe it at slightly different scales, as
+            SIFT's extra orientations do; on boat + iguazu with the shipped weights, MMA@3 is
+            64.9 % at 0 against 59.4 % at 1 with 8 levels per octave (1.5x slower) and 44.1 %
+            at 1 with 4 (SIFT: 46.2 %); 60 % of the keypoints have another within 1 px
+            (SIFT: 39 %), with more distinct pixel locations than SIFT (1711 against 1636 of
+            2048 on boat img1).
         edge_threshold: Hessian ratio r of the edge test tr^2/det < (r+1)^2/r; <= 0 disables [10].
         score_threshold: minimum detector score; ``None`` disables [None].
-        refine: sub-pixel and sub-scale quadratic refinement [True].
+        refine: sub-pixel quadratic refinement, and sub-scale refinement where
+            ``scale_nms >= 1`` [True].
         upright: skip the orientation network, all orientations 0 [False].
         patch_batch: patches per network call, bounds memory [4096].
         tile_rows: the detector runs on horizontal stripes of at most this many rows of a
@@ -66,7 +77,7 @@ class LIFTConfig:
     max_sigma: float = 16.0
     scales_per_octave: int = 4
     nms_radius: int = 2
-    scale_nms: int = 1
+    scale_nms: int = 0
     edge_threshold: float = 10.0
     score_threshold: Optional[float] = None
     refine: bool = True
@@ -291,13 +302,24 @@ class LIFT(nn.Module):
         bsz, _, h, w = batch.shape
         min_side = det.kernel_size + 2 * max(conf.nms_radius, 1) + 2
         levels = []  # (sigma, fx, fy, scores B x h x w, pooled B x h x w)
+        images = []  # resized images of the levels so far: (factor, image)
         for sigma in conf.sigmas():
             f = det.px_per_sigma / sigma
             lh, lw = int(round(h * f)), int(round(w * f))
             if min(lh, lw) < min_side:
                 continue
+            # resize from the smallest earlier level at least twice as large (else the
+            # input): the anti-aliasing filter then reads at most ~4x the output's pixels
+            # instead of the whole image for every level (3.3x less resize time at 8
+            # levels per octave). Sizes compose exactly (align_corners=False), so the level
+            # keeps its geometry lw / w, lh / h.
+            src, fs = batch, 1.0
+            for fk, im in images:
+                if fk >= 4.0 * f and fk < fs:
+                    src, fs = im, fk
             img = batch if (lh, lw) == (h, w) else F.interpolate(
-                batch, size=(lh, lw), mode="bilinear", align_corners=False, antialias=f < 1)
+                src, size=(lh, lw), mode="bilinear", align_corners=False, antialias=f < fs)
+            images.append((f, img))
             s = self._score_level(img)[:, 0]
             r = conf.nms_radius
             pooled = max_filter(s, r)

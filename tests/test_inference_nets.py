@@ -1,4 +1,6 @@
 """The runtime's inference copies of the patch networks compute what the trained networks do."""
+import copy
+
 import pytest
 import torch
 
@@ -37,10 +39,12 @@ def test_inference_copies_equal_the_networks(config):
 
 
 def test_orientation_reads_only_its_receptive_window():
-    """FAST_CONFIG's floor pooling never reads the last 4 rows and columns of a 32 px patch;
-    the inference copy says so, and changing those pixels (after standardisation) changes
-    nothing."""
-    model = _trained_like(FAST_CONFIG)
+    """With kernels (6, 5, 3) (the orientation network of lift 0.1's first weights) floor pooling
+    never reads the last 4 rows and columns of a 32 px patch: the inference copy says so, and
+    changing those pixels (after standardisation) changes nothing."""
+    cfg = copy.deepcopy(FAST_CONFIG)
+    cfg["orientation"]["kernels"] = [6, 5, 3]
+    model = _trained_like(cfg)
     fast = inference_net(model.orientation)
     assert fast.crop == 28
     assert inference_net(model.descriptor).crop == 32
@@ -51,6 +55,20 @@ def test_orientation_reads_only_its_receptive_window():
     with torch.no_grad():
         torch.testing.assert_close(model.orientation.forward_standardized(x),
                                    model.orientation.forward_standardized(y))
+
+
+def test_fast_config_orientation_sees_the_whole_patch():
+    """FAST_CONFIG's orientation network (kernels 6, 5, 4) covers all 32 x 32 pixels: a change
+    in the bottom-right corner alone moves its output."""
+    model = _trained_like(FAST_CONFIG)
+    assert inference_net(model.orientation).crop == 32
+    x = normalize_patches(torch.rand(5, 1, 32, 32))
+    y = x.clone()
+    y[..., 28:, 28:] = 9.0
+    with torch.no_grad():
+        diff = (model.orientation.forward_standardized(x)
+                - model.orientation.forward_standardized(y)).abs().amax()
+    assert diff > 1e-3
 
 
 def test_fast_relu_and_bfloat16_copy():

@@ -18,9 +18,11 @@ def _levels(maps, r):
 
 
 def _brute(maps, r, m):
-    """Loop over every pixel: unique max of its window, above the windows of +-m scales."""
+    """Loop over every pixel: unique max of its window, above the windows of +-m scales, which
+    must exist unless the scale space has no interior level (at most 2 m levels)."""
     keep = set()
     nlev = len(maps)
+    interior = nlev > 2 * m
     for k, s in enumerate(maps):
         b_, h, w = s.shape
         for b, y, x in itertools.product(range(b_), range(h), range(w)):
@@ -30,6 +32,7 @@ def _brute(maps, r, m):
             ok = True
             for dk in range(-m, m + 1):
                 if not 0 <= k + dk < nlev:
+                    ok &= not interior
                     continue
                 win = maps[k + dk][b, max(0, y - r):y + r + 1, max(0, x - r):x + r + 1]
                 if dk == 0:
@@ -54,6 +57,18 @@ def test_nms_matches_brute_force():
         assert score == maps[k][int(b), int(round(y)), int(round(x))].item()
     assert got == _brute(maps, 2, 1)
     assert len(got) > 5
+    assert {k for _, k, _, _ in got} == {1, 2}  # interior levels only
+    # two levels have no interior: both are searched, each against the other
+    short = scale_space_nms(_levels(maps[:2], 2), conf)
+    got2 = {(int(b), int(round(np.log2(sig) * 4)), int(round(x)), int(round(y)))
+            for b, x, y, sig, _ in short.tolist()}
+    assert got2 == _brute(maps[:2], 2, 1) and {k for _, k, _, _ in got2} == {0, 1}
+    # scale_nms=0 (the default): every spatial maximum of every level, boundary levels too
+    conf0 = LIFTConfig(nms_radius=2, scale_nms=0, edge_threshold=0, refine=False)
+    got0 = {(int(b), int(round(np.log2(sig) * 4)), int(round(x)), int(round(y)))
+            for b, x, y, sig, _ in scale_space_nms(_levels(maps, 2), conf0).tolist()}
+    assert got0 == _brute(maps, 2, 0) and got < got0
+    assert {k for _, k, _, _ in got0} == {0, 1, 2, 3}
 
 
 def test_refinement_recovers_subpixel_peak_and_edge_test():

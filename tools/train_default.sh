@@ -3,7 +3,8 @@
 # lift/weights/README.md):
 #   1. training data from ../shared/data via lift-build-patches (skipped where the file exists);
 #   2. the four LIFT stages in order desc -> ori -> det -> joint (lift-train), each starting
-#      from the previous stage's best weights;
+#      from the previous stage's best weights, then refinement runs (scale selection,
+#      orientation network retrained with a full receptive field);
 #   3. export to lift/weights/lift_default.pt, check it loads and runs detect_and_describe.
 # Every stage checkpoints; re-running this script after an interruption resumes the stage that
 # was running (--resume) and skips finished ones.
@@ -94,6 +95,21 @@ stage det "$RUNS/detscale2" --data "$SYN" "$CASTLE" --init "$RUNS/detscale/model
 stage det "$RUNS/detscale3" --data "$SYN" "$CASTLE" --init "$RUNS/detscale2/model.pt" --steps 300 \
   --lr 3e-3 --scale-weight 5.0 --val-every 150 "${SCALE[@]}" --seed 7
 
-# 8. assemble: descriptor (joint) + orientation (ori2) + detector (detscale3); check; ship
-python tools/export_default.py "$RUNS/ori2/best.pt" lift/weights/lift_default.pt \
-  --detector "$RUNS/detscale3/model.pt"
+# 8. assemble: descriptor (joint) + orientation (ori2) + detector (detscale3) = the first
+#    shipped weights (lift 0.1)
+python tools/export_default.py "$RUNS/ori2/best.pt" "$RUNS/v1.pt" \
+  --detector "$RUNS/detscale3/model.pt" --no-check
+
+# 9. orientation network retrained from scratch with kernels (6, 5, 4), which see the whole
+#    32 px patch (the first weights' (6, 5, 3) never read its last 4 rows and columns):
+#    --fresh orientation replaces v1's orientation network by a new one (descriptor and
+#    detector frozen), then a second run at half the learning rate; the last step is shipped
+#    (the validation angle error still fell at the end of both runs)
+stage ori "$RUNS/ori3" --data "$SYN" "$CASTLE" --init "$RUNS/v1.pt" --fresh orientation \
+  --steps 1600 --lr 1e-3 --angle-weight 1.0 --equivariance-weight 1.0 --val-every 200 \
+  "${COMMON[@]}" --seed 11
+stage ori "$RUNS/ori4" --data "$SYN" "$CASTLE" --init "$RUNS/ori3/model.pt" --steps 2000 \
+  --lr 5e-4 --angle-weight 1.0 --equivariance-weight 1.0 --val-every 400 "${COMMON[@]}" --seed 12
+
+# 10. check and ship
+python tools/export_default.py "$RUNS/ori4/model.pt" lift/weights/lift_default.pt

@@ -29,6 +29,7 @@ from .trainer import TrainConfig, Trainer
 __all__ = ["main", "build_parser", "train"]
 
 CONFIGS = {"fast": FAST_CONFIG, "paper": PAPER_CONFIG}
+NETS = ("detector", "orientation", "descriptor")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, help="start from these LIFT weights (earlier stage)")
     p.add_argument("--arch", choices=sorted(CONFIGS), default="fast",
                    help="architecture when not given by --init")
+    p.add_argument("--fresh", nargs="+", default=[], choices=NETS, metavar="NET",
+                   help="with --init: replace these networks (detector, orientation, "
+                        "descriptor) by freshly initialised ones of the --arch architecture")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-end", type=float, default=0.05, help="final lr as a fraction of --lr")
@@ -91,7 +95,13 @@ def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     if args.init:
         model = LIFTModel.load(args.init)
+        if args.fresh:
+            fresh = LIFTModel(CONFIGS[args.arch])  # seeded above: the same fresh weights every run
+            for net in args.fresh:
+                setattr(model, net, getattr(fresh, net))
     else:
+        if args.fresh:
+            raise SystemExit("lift-train: --fresh needs --init (without it every network is fresh)")
         model = LIFTModel(CONFIGS[args.arch])
     in_memory = not args.no_in_memory
     train_set = QuadrupletDataset(args.data, split="train", seed=args.seed, in_memory=in_memory,
@@ -112,6 +122,7 @@ def train(args: argparse.Namespace) -> Path:
                        equivariance_weight=args.equivariance_weight,
                        scale_weight=args.scale_weight, rot90=args.rot90)
     extra = {"data": [Path(d).name for d in args.data], "init": args.init and Path(args.init).name,
+             "fresh": list(args.fresh),
              "options": {k: getattr(args, k) for k in ("margin", "jitter_xy", "jitter_scale",
                                                        "jitter_ori", "angle_weight", "equivariance_weight",
                                                        "class_weight",
