@@ -16,7 +16,12 @@ network's output (up to float rounding):
   28 x 28 of its 32 x 32 input); the runtime standardises the whole patch, then feeds the
   network only that window;
 * channels-last memory layout, and the conv stages in ``dtype`` (the fully connected layers of
-  the orientation network stay float32).
+  the orientation network stay float32);
+* weights below 1e-20 in magnitude set to zero. Weight decay drives the weights of unused
+  units towards zero; once they are subnormal (< 2^-126), or make a layer's outputs subnormal,
+  x86 CPUs compute 10-100x slower. The shipped orientation network has 469 subnormal weights in
+  its first fully connected layer, which then took 37 ms instead of 3 ms for 2048 patches.
+  The change of any output is below 1e-20 times the L1 norm of the layer's input.
 """
 from __future__ import annotations
 
@@ -29,6 +34,9 @@ import torch.nn.functional as F
 from .layers import MaxPool, output_shape
 
 __all__ = ["inference_net", "fold_batch_norm", "FastReLU", "FlatLinear"]
+
+#: weights of smaller magnitude are zero in the inference copies (see the module docstring)
+NEGLIGIBLE_WEIGHT = 1e-20
 
 
 class FastReLU(nn.Module):
@@ -129,4 +137,6 @@ def inference_net(net: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Modu
     out.features = _rewrite(out.features, size).to(dtype=dtype, memory_format=torch.channels_last)
     for p in out.parameters():
         p.requires_grad_(False)
+        if p.is_floating_point():
+            p.masked_fill_(p.abs() < NEGLIGIBLE_WEIGHT, 0.0)
     return out

@@ -3,7 +3,9 @@
     python tools/plot_training.py runs/train lift/weights
 
 Reads ``<run>/log.csv`` and ``<run>/val.jsonl`` of the stage runs (``desc_a``, ``desc``, ``ori``,
-``det``, ``joint``, ``det2``, ``det3``, ``ori2``, in that order, missing ones skipped) and writes into the output folder:
+``det``, ``joint``, ``det2``, ``det3``, ``ori2``, ``ori3``, ``ori4``, in that order) and writes
+into the output folder (a run whose folder is missing keeps its rows of the existing
+``training_log.csv``, so a record survives the deletion of old run folders):
 ``training_log.csv`` (training loss every 50 steps and every validation, one row per (stage,
 step)), ``training_curves.png`` (loss and validation metrics per stage), and returns the PNG path.
 """
@@ -14,15 +16,33 @@ import json
 import sys
 from pathlib import Path
 
-RUNS = ("desc_a", "desc", "ori", "det", "joint", "det2", "det3", "ori2")
+RUNS = ("desc_a", "desc", "ori", "det", "joint", "det2", "det3", "ori2", "ori3", "ori4")
 METRICS = ("fpr95_gt", "fpr95_ori", "ori_err_deg", "fpr95_chain", "det_auc")
 
 
-def collect(runs_dir: Path):
+def _existing(path: Path):
+    """Rows of an earlier ``training_log.csv`` by run (numbers parsed, blanks dropped)."""
+    out = {}
+    if path.is_file():
+        with open(path) as f:
+            for r in csv.DictReader(f):
+                row = {"run": r["run"], "step": int(r["step"])}
+                for k in ("time_s", "loss", *METRICS):
+                    if r.get(k):
+                        row[k] = float(r[k])
+                if "loss" not in row:  # a validation row: every metric key present
+                    row.update({k: row.get(k) for k in METRICS})
+                out.setdefault(r["run"], []).append(row)
+    return out
+
+
+def collect(runs_dir: Path, previous=None):
     rows = []
+    previous = previous or {}
     for run in RUNS:
         d = runs_dir / run
         if not (d / "log.csv").is_file():
+            rows.extend(previous.get(run, []))
             continue
         with open(d / "log.csv") as f:
             for r in csv.DictReader(f):
@@ -40,7 +60,7 @@ def collect(runs_dir: Path):
 def main(argv=None) -> Path:
     argv = sys.argv[1:] if argv is None else argv
     runs_dir, out = Path(argv[0]), Path(argv[1])
-    rows = collect(runs_dir)
+    rows = collect(runs_dir, _existing(out / "training_log.csv"))
     keys = ["run", "step", "time_s", "loss", *METRICS]
     with open(out / "training_log.csv", "w", newline="") as f:
         w = csv.DictWriter(f, keys)
