@@ -50,8 +50,8 @@ class LIFTConfig:
             win [0]. The shipped detector's response is sharply tuned in scale, so keypoints at
             adjacent scales of one location describe it at slightly different scales, as
             SIFT's extra orientations do; on boat + iguazu with the shipped weights, MMA@3 is
-            64.9 % at 0 against 59.4 % at 1 with 8 levels per octave (1.5x slower) and 44.1 %
-            at 1 with 4 (SIFT: 46.2 %); 60 % of the keypoints have another within 1 px
+            65.4 % at 0 against 60.1 % at 1 with 8 levels per octave (1.5x slower) and 49.5 %
+            at 1 with 4 (SIFT: 46.2 %). At 0, 60 % of the keypoints have another within 1 px
             (SIFT: 39 %), with more distinct pixel locations than SIFT (1711 against 1636 of
             2048 on boat img1).
         edge_threshold: Hessian ratio r of the edge test tr^2/det < (r+1)^2/r; <= 0 disables [10].

@@ -95,7 +95,7 @@ def _target_note(results: dict) -> str:
 #: method move by several points with a tiny change of its match set
 POSE_NOISE_NOTE = (
     "Sensitivity of this table (measured 2026-12-01 with `lift-bench pose`, same data and "
-    "settings): lift with float32 patch networks gave AUC@5/10/20 64.8 / 79.9 / 88.8 at 2048 "
+    "settings, with the first shipped weights and runtime defaults): lift with float32 patch networks gave AUC@5/10/20 64.8 / 79.9 / 88.8 at 2048 "
     "keypoints and 56.2 / 74.6 / 85.2 at 2040 keypoints (783 vs 780 matches per pair, the same "
     "epipolar precision); the bfloat16 default gives 54.9 / 72.6 / 85.0 at 2048 and 55.0 / 74.8 "
     "/ 86.5 at 2040. With 52 pairs and OpenCV's RANSAC on each, differences of up to ~8 AUC "
