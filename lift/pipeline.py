@@ -308,11 +308,12 @@ class LIFT(nn.Module):
             lh, lw = int(round(h * f)), int(round(w * f))
             if min(lh, lw) < min_side:
                 continue
-            # resize from the smallest earlier level at least twice as large (else the
-            # input): the anti-aliasing filter then reads at most ~4x the output's pixels
-            # instead of the whole image for every level (3.3x less resize time at 8
-            # levels per octave). Sizes compose exactly (align_corners=False), so the level
-            # keeps its geometry lw / w, lh / h.
+            # resize from the smallest earlier level at least 4x as large (else the input):
+            # the anti-aliasing filter then reads at most ~16x the output's pixels instead of
+            # the whole image (resizes 22.6 -> 18.2 ms at 8 levels per octave; with 2x the
+            # doubled blur lowered MMA@3 on boat + iguazu from 55.1 to 53.4 %, with 4x it
+            # stays 55.0 %). Sizes compose exactly (align_corners=False), so the level keeps
+            # its geometry lw / w, lh / h.
             src, fs = batch, 1.0
             for fk, im in images:
                 if fk >= 4.0 * f and fk < fs:

@@ -246,3 +246,29 @@ def test_rot90_augmentation_turns_each_patch_about_its_centre(tiny_h5):
         assert torch.equal(xi, torch.rot90(pi, int(t), dims=(-2, -1)))
     # without a generator (validation) nothing is turned
     assert torch.equal(stage.classify(batch)[0], plain)
+
+
+def test_fresh_replaces_only_the_named_network(tiny_h5, tmp_path):
+    """``lift-train --init W --fresh orientation``: a new orientation network of the current
+    architecture, the other networks exactly W's (and frozen by the ``ori`` stage)."""
+    import copy
+
+    from lift.model import FAST_CONFIG
+    from lift.training.cli import main
+
+    old = copy.deepcopy(FAST_CONFIG)
+    old["orientation"]["kernels"] = [6, 5, 3]  # the first shipped architecture
+    torch.manual_seed(5)
+    init = LIFTModel(old)
+    init.save(tmp_path / "init.pt")
+    main(["--stage", "ori", "--data", str(tiny_h5), "--init", str(tmp_path / "init.pt"),
+          "--fresh", "orientation", "--output", str(tmp_path / "run"), "--steps", "2",
+          "--batch-size", "16", "--val-every", "0", "--no-progress"])
+    out = LIFTModel.load(tmp_path / "run/model.pt")
+    assert out.orientation.config["kernels"] == [6, 5, 4]
+    for net in ("descriptor", "detector"):
+        a, b = getattr(init, net).state_dict(), getattr(out, net).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), net
+    with pytest.raises(SystemExit):
+        main(["--stage", "ori", "--data", str(tiny_h5), "--fresh", "orientation",
+              "--output", str(tmp_path / "bad"), "--steps", "1"])
