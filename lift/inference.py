@@ -12,9 +12,9 @@ network's output (up to float rounding):
 * a final ``[average pool ->] convolution`` whose output is 1 x 1 as one fully connected layer on
   the flattened map (one matrix product instead of a pool and a small convolution: ~3x faster);
 * ``crop``: the smallest top-left input window that gives the same output. Floor-mode pooling
-  can leave the last rows and columns of a patch unread (the shipped orientation network reads
-  28 x 28 of its 32 x 32 input); the runtime standardises the whole patch, then feeds the
-  network only that window;
+  can leave the last rows and columns of a patch unread (the first shipped orientation network,
+  kernels 6, 5, 3, read 28 x 28 of its 32 x 32 input; the current one reads all of it); the
+  runtime standardises the whole patch, then feeds the network only that window;
 * channels-last memory layout, and the conv stages in ``dtype`` (the fully connected layers of
   the orientation network stay float32);
 * weights below 1e-20 in magnitude set to zero. Weight decay drives the weights of unused
