@@ -166,3 +166,25 @@ def test_converged_local_optimisation_skips_final_refit_without_changing_the_mod
         e_full = corner_error(H_full[i].numpy(), p["H"])
         assert e_fast < 1.5 and abs(e_fast - e_full) < 0.05, (e_fast, e_full)
         assert (m_fast[i] != m_full[i]).float().mean() < 0.005
+
+
+def test_prior_sampling_finds_models_faster_at_low_inlier_ratio():
+    """The default consistency prior (spatially coherent inliers) stops after far fewer samples
+    than uniform sampling at 10 % inliers; both find every model."""
+    from correspondence.geometry import apply_similarity, normalizing_transform
+    from correspondence.ransac import HOMOGRAPHY, RobustEstimator
+
+    probs = _h_batch(4, 1000, 0.1, noise=1.0, seed=11)
+    x0 = torch.from_numpy(np.stack([p["src"] for p in probs]))
+    x1 = torch.from_numpy(np.stack([p["dst"] for p in probs]))
+    valid = torch.ones(x0.shape[:2], dtype=torch.bool)
+    (T0, s0), (T1, s1) = normalizing_transform(x0, valid), normalizing_transform(x1, valid)
+    n0, n1 = apply_similarity(T0, x0), apply_similarity(T1, x1)
+    iters = {}
+    for prior in ("consistency", "uniform"):
+        Hn, _, iters[prior] = RobustEstimator(HOMOGRAPHY, 3.0, prior=prior)(n0, n1, valid, None, s0, s1)
+        H = (torch.linalg.solve(T1, Hn) @ T0).numpy()
+        for p, h in zip(probs, H):
+            assert corner_error(h / h[2, 2], p["H"]) < 3.0, prior
+    # uniform sampling at r = 0.1 needs ~69k samples for 0.999 confidence
+    assert (iters["consistency"] * 4 < iters["uniform"]).all(), iters

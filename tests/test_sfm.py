@@ -240,3 +240,21 @@ def test_colmap_verifier_on_our_matches(reconstruction, tmp_path):
         # both verifiers keep most of the same matches on this clean scene
         a, b = set(map(tuple, inl)), set(map(tuple, ours[key][0]))
         assert len(a & b) > 0.8 * min(len(a), len(b))
+
+
+def test_single_thread_mapper_is_deterministic(reconstruction, scene, tmp_path):
+    """With one mapper thread the mapper gives the same model twice on one database (the SfM
+    benchmark relies on it: COLMAP is only deterministic on one thread)."""
+    from lift.sfm import reconstruct
+
+    result, _, _ = reconstruction
+    runs = []
+    for k in range(2):
+        model = reconstruct.main(result.database, scene[0], tmp_path / str(k), fix_intrinsics=True,
+                                 num_threads=1)
+        rec = read_model(model)
+        runs.append((rec.num_points3D(), camera_poses(rec)))
+    (n0, p0), (n1, p1) = runs
+    assert n0 == n1 > 300 and sorted(p0) == sorted(p1)
+    for name in p0:
+        assert np.array_equal(p0[name]["R"], p1[name]["R"]) and np.array_equal(p0[name]["t"], p1[name]["t"])

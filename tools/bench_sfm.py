@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from lift.colmap import (CameraSpec, camera_poses, colmap_sift_database, incremental_mapping,  # noqa: E402
                          model_stats, read_model, write_model)
-from lift.sfm import ExtractConf, SfMConfig, SfMError, run  # noqa: E402
+from lift.sfm import ExtractConf, SfMConfig, SfMError, VerifyConf, run  # noqa: E402
 from lift.sfm.evaluate import pose_errors, read_strecha_camera  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "sfm"
@@ -94,6 +94,7 @@ def data_fingerprint(folder: Path) -> str:
 
 def run_lift_sfm(method, images, work, params, args, gt):
     conf = SfMConfig(extract=ExtractConf(method, args.max_keypoints, model=args.model, num_workers=1),
+                     verify=VerifyConf(threshold=args.verify_threshold), mapper_threads=1,
                      camera=CameraSpec("PINHOLE", params, "single") if params else CameraSpec("SIMPLE_RADIAL"))
     t = time.perf_counter()
     res = run(images, work, conf, overwrite=True, progress=False)
@@ -111,7 +112,7 @@ def run_colmap(images, work, params, args, gt):
                               camera_model="PINHOLE" if params else "SIMPLE_RADIAL",
                               camera_params=params, single_camera=bool(params), num_threads=2)
     t1 = time.perf_counter()
-    models = incremental_mapping(db, images, work / "raw", fix_intrinsics=bool(params), num_threads=2)
+    models = incremental_mapping(db, images, work / "raw", fix_intrinsics=bool(params), num_threads=1)
     t2 = time.perf_counter()
     if not models:
         raise SfMError("COLMAP reconstructed nothing")
@@ -149,9 +150,11 @@ def report(results, args, path: Path):
         f"- settings: {args.max_keypoints} keypoints per image for every method; Strecha images downscaled "
         f"to {args.long_side} px long side, ground-truth K (scaled) given and fixed, one PINHOLE camera; "
         "sacre_coeur: one SIMPLE_RADIAL camera per image, estimated. lift-sfm: exhaustive pairs, mutual NN "
-        "matching, our batched F-RANSAC (Sampson 1 px, >= 15 inliers), pycolmap incremental mapping. "
+        f"matching, our batched F-RANSAC (Sampson {args.verify_threshold:g} px, >= 15 inliers), pycolmap incremental mapping. "
         "colmap: pycolmap SIFT extraction (same budget, RootSIFT-normalised, same images), exhaustive SIFT "
-        "matching with COLMAP's verification, same mapper.",
+        "matching with COLMAP's verification, same mapper. Every mapper runs on 1 thread, the only "
+        "setting where COLMAP gives the same model on every run (with more threads, sacre_coeur with SIFT "
+        "registered 8 or 2 of 10 images from run to run on one database).",
         "- errors: camera centres aligned to the ground truth by a least-squares similarity; centre error "
         "in mm (Strecha units are metres), rotation error in degrees; median over registered images.", "",
         "| scene | method | registered | 3-D points | track length | reproj. err. (px) | centre err. med (mm) "
@@ -182,6 +185,8 @@ def main(argv=None):
     p.add_argument("--max-keypoints", type=int, default=2048)
     p.add_argument("--long-side", type=int, default=1536)
     p.add_argument("--model", default="default", help="LIFT weights for the lift method")
+    p.add_argument("--verify-threshold", type=float, default=VerifyConf.threshold,
+                   help="lift-sfm's F-RANSAC Sampson threshold, px")
     p.add_argument("--work", type=Path, default=Path("/tmp/lift_bench_sfm"))
     p.add_argument("--report", type=Path, default=ROOT / "benchmarks" / "sfm.md")
     p.add_argument("--note", default="", help="free text appended to the report")

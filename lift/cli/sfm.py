@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--camera-mode", default="auto", choices=["auto", "single", "per_image"])
     g.add_argument("--refine-intrinsics", action="store_true",
                    help="refine given --camera-params in bundle adjustment")
+    p.add_argument("--mapper-threads", type=int, default=-1,
+                   help="COLMAP mapper threads (-1: all cores; 1: the same model on every run)")
     p.add_argument("--overwrite", action="store_true", help="recompute every step")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true", help="show COLMAP's log")
@@ -84,7 +86,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             match=MatchConf(args.matcher, args.ratio, args.device),
             verify=VerifyConf(args.verifier, threshold, device=args.device),
             camera=CameraSpec(args.camera_model, args.camera_params, args.camera_mode),
-            fix_intrinsics=None if not args.refine_intrinsics else False)
+            fix_intrinsics=None if not args.refine_intrinsics else False,
+            mapper_threads=args.mapper_threads)
         result = run(args.image_dir, args.output_dir, conf, args.overwrite,
                      progress=not args.quiet, verbose=args.verbose)
     except SfMError as err:

@@ -42,6 +42,10 @@ class SfMConfig:
     fix_intrinsics: Optional[bool] = None  # None: fixed exactly when camera params are given
     min_num_matches: int = 15
     seed: int = 0
+    #: COLMAP mapper threads (-1: all cores). Only 1 thread gives the same model on every run:
+    #: with several, COLMAP's parallel steps make runs differ (sacre_coeur with SIFT at 2048
+    #: keypoints, one database: 8 or 2 of 10 images registered from run to run)
+    mapper_threads: int = -1
 
 
 @dataclass
@@ -130,7 +134,7 @@ def run(image_dir: Path, output_dir: Path, conf: SfMConfig = SfMConfig(), overwr
     fix = conf.camera.params is not None if conf.fix_intrinsics is None else conf.fix_intrinsics
     timed("reconstruct", (out / "sparse" / "0").is_dir() and not redo,
           lambda: reconstruct.main(paths["database"], image_dir, out, fix, conf.min_num_matches,
-                                   True, conf.seed, verbose))
+                                   True, conf.seed, verbose, conf.mapper_threads))
     model = out / "sparse" / "0"
     stats = model_stats(read_model(model), num_images=len(good))
     return SfMResult(out, paths["features"], paths["pairs"], paths["matches"], paths["database"],

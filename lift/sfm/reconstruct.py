@@ -25,8 +25,10 @@ __all__ = ["main"]
 
 def main(database: Path, image_dir: Path, sfm_dir: Path, fix_intrinsics: bool = False,
          min_num_matches: int = 15, overwrite: bool = False, seed: int = 0,
-         verbose: bool = False) -> Path:
+         verbose: bool = False, num_threads: int = -1) -> Path:
     """Reconstruct and write the models; returns ``sfm_dir/sparse/0`` (the largest).
+
+    ``num_threads``: mapper threads (-1: all cores); only 1 is deterministic under ``seed``.
 
     Raises:
         SfMError: no model could be reconstructed (too few verified matches).
@@ -39,7 +41,8 @@ def main(database: Path, image_dir: Path, sfm_dir: Path, fix_intrinsics: bool = 
     work = Path(tempfile.mkdtemp(dir=sfm_dir, prefix=".mapping-"))
     try:
         models = incremental_mapping(database, image_dir, work / "raw", fix_intrinsics,
-                                     min_num_matches, seed=seed, verbose=verbose)
+                                     min_num_matches, num_threads=num_threads, seed=seed,
+                                     verbose=verbose)
         if not models or models[0].num_reg_images() < 2:
             raise SfMError("the scene did not reconstruct: no initial image pair with enough "
                            "verified matches (try more keypoints, exhaustive pairs or other images)")
