@@ -320,7 +320,8 @@ class LIFT(nn.Module):
                     src, fs = im, fk
             img = batch if (lh, lw) == (h, w) else F.interpolate(
                 src, size=(lh, lw), mode="bilinear", align_corners=False, antialias=f < fs)
-            images.append((f, img))
+            # sigma only grows, so a level larger than this one's source is never a source again
+            images = [(fk, im) for fk, im in images if fk <= fs] + [(f, img)]
             s = self._score_level(img)[:, 0]
             r = conf.nms_radius
             pooled = max_filter(s, r)

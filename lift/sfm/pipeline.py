@@ -134,7 +134,8 @@ def run(image_dir: Path, output_dir: Path, conf: SfMConfig = SfMConfig(), overwr
     fix = conf.camera.params is not None if conf.fix_intrinsics is None else conf.fix_intrinsics
     timed("reconstruct", (out / "sparse" / "0").is_dir() and not redo,
           lambda: reconstruct.main(paths["database"], image_dir, out, fix, conf.min_num_matches,
-                                   True, conf.seed, verbose, conf.mapper_threads))
+                                   overwrite=True, seed=conf.seed, verbose=verbose,
+                                   num_threads=conf.mapper_threads))
     model = out / "sparse" / "0"
     stats = model_stats(read_model(model), num_images=len(good))
     return SfMResult(out, paths["features"], paths["pairs"], paths["matches"], paths["database"],
