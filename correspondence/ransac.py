@@ -6,7 +6,7 @@ One generic engine (:class:`RobustEstimator`) runs every problem of a batch at o
 1. **Sampling.** Each round draws ``m`` minimal samples for every still-active problem at once,
    proportionally to a prior per match: the ``weights`` given by the caller (e.g. a learned
    filter's); else uniformly at first and, for problems that still need more than
-   ``prior_after`` samples after ``prior_after / 8`` of them (low inlier ratios), from the
+   ``prior_after`` samples after ``prior_check`` of them (low inlier ratios), from the
    neighbourhood-consistency prior of :mod:`correspondence.consistency` (half uniform, half
    proportional to how many neighbours of a match in image 0 are also its neighbours in image
    1: right matches of a smooth scene keep their neighbours, wrong ones do not);
@@ -104,6 +104,8 @@ class ModelSpec:
         degenerate: optional ``soa -> M`` bool sample filter.
         prior_after: default of :class:`RobustEstimator`'s ``prior_after`` (measured break-even:
             the consistency prior costs about as much as that many minimal samples).
+        prior_check: default of :class:`RobustEstimator`'s ``prior_check`` (``None``:
+            ``prior_after // 8``).
     """
 
     name: str
@@ -114,6 +116,7 @@ class ModelSpec:
     error: Callable
     degenerate: Optional[Callable] = None
     prior_after: int = 2048
+    prior_check: Optional[int] = None
 
 
 def _on_views(solver: Callable) -> Callable:
@@ -124,7 +127,7 @@ def _on_views(solver: Callable) -> Callable:
 
 
 HOMOGRAPHY = ModelSpec("homography", 4, 4, homography_minimal_soa, homography_dlt, transfer_error_rows,
-                       homography_degenerate_soa, prior_after=16384)
+                       homography_degenerate_soa, prior_after=16384, prior_check=256)
 
 
 class RobustEstimator:
@@ -160,11 +163,17 @@ class RobustEstimator:
         max_elements: bound on the size of any hypotheses x points error tensor.
         prior: sampling prior when the caller gives no ``weights``: ``"consistency"``
             (default, :func:`correspondence.consistency.consistency_prior`) or ``"uniform"``.
-        prior_after: a problem that, after ``prior_after / 8`` uniform samples, still needs more
+        prior_after: a problem that, after ``prior_check`` uniform samples, still needs more
             than ``prior_after`` of them switches to the consistency prior (whose cost only
             pays off at low inlier ratios). Default: the model's ``prior_after`` (16384 for H,
             4096 for F, 2048 for E: about the cost of the prior in minimal samples, which cost
             more the more solutions a solver returns).
+        prior_check: uniform samples a problem draws before that test. Default: the model's
+            ``prior_check`` (256 for H, i.e. after the first round; ``prior_after // 8`` for F
+            and E). For H, testing after the first round rather than the second (2304 samples)
+            saves the second uniform round where the inlier ratio is low: 0.86x the time at
+            r = 0.1 for N = 500 and 2000, 0.95x at N = 500, r = 0.2, 1.04x at N = 2000, r = 0.2
+            (100 problems each, success 1.00 throughout).
     """
 
     def __init__(self, model: ModelSpec, threshold: float, confidence: float = 0.999,
@@ -177,7 +186,8 @@ class RobustEstimator:
                  lo_rounds: int = 1, lo_inner_factor: float = 1.0,
                  final_iters: int = 3, irls_tol: float = 1e-4, max_elements: int = 1 << 23,
                  prior: str = "consistency",
-                 prior_after: Optional[int] = None, lo_min_inliers: Optional[int] = None):
+                 prior_after: Optional[int] = None, lo_min_inliers: Optional[int] = None,
+                 prior_check: Optional[int] = None):
         if not threshold > 0:
             raise ValueError(f"threshold must be > 0, got {threshold}")
         if not 0 < confidence < 1:
@@ -190,6 +200,9 @@ class RobustEstimator:
             raise ValueError(f"prior must be 'consistency' or 'uniform', got {prior!r}")
         self.prior = prior
         self.prior_after = model.prior_after if prior_after is None else int(prior_after)
+        if prior_check is None:
+            prior_check = model.prior_check if model.prior_check is not None else self.prior_after // 8
+        self.prior_check = int(prior_check)
         self.lo_min_inliers = 3 * model.sample_size if lo_min_inliers is None else int(lo_min_inliers)
         self.model = model
         self.threshold = float(threshold)
@@ -504,10 +517,10 @@ class RobustEstimator:
                 return t if everyone else t.index_select(0, ids)
 
             if lazy_prior:
-                # once a problem has drawn prior_after / 8 uniform samples (a fair chance to
-                # have found its model at moderate inlier ratios), it switches if its best model
+                # once a problem has drawn prior_check uniform samples (a fair chance to have
+                # found its model at moderate inlier ratios), it switches if its best model
                 # still needs more than prior_after samples (about the cost of the prior)
-                sw = ids_h[~weighted[ids_h] & (n_u[ids_h] * 8 >= self.prior_after) & (nv_h[ids_h] > s)]
+                sw = ids_h[~weighted[ids_h] & (n_u[ids_h] >= self.prior_check) & (nv_h[ids_h] > s)]
                 sw = sw[still_needed(sw) > self.prior_after]
                 if sw.size:
                     if prob is None:

@@ -168,18 +168,26 @@ def test_converged_local_optimisation_skips_final_refit_without_changing_the_mod
         assert (m_fast[i] != m_full[i]).float().mean() < 0.005
 
 
-def test_prior_sampling_finds_models_faster_at_low_inlier_ratio():
-    """The default consistency prior (spatially coherent inliers) stops after far fewer samples
-    than uniform sampling at 10 % inliers; both find every model."""
+def _normalised(probs):
+    """The engine's inputs for a batch of homography problems: normalised points, validity,
+    scales and the normalising transforms ``(n0, n1, valid, s0, s1, T0, T1)``."""
     from correspondence.geometry import apply_similarity, normalizing_transform
-    from correspondence.ransac import HOMOGRAPHY, RobustEstimator
 
-    probs = _h_batch(4, 1000, 0.1, noise=1.0, seed=11)
     x0 = torch.from_numpy(np.stack([p["src"] for p in probs]))
     x1 = torch.from_numpy(np.stack([p["dst"] for p in probs]))
     valid = torch.ones(x0.shape[:2], dtype=torch.bool)
     (T0, s0), (T1, s1) = normalizing_transform(x0, valid), normalizing_transform(x1, valid)
     n0, n1 = apply_similarity(T0, x0), apply_similarity(T1, x1)
+    return n0, n1, valid, s0, s1, T0, T1
+
+
+def test_prior_sampling_finds_models_faster_at_low_inlier_ratio():
+    """The default consistency prior (spatially coherent inliers) stops after far fewer samples
+    than uniform sampling at 10 % inliers; both find every model."""
+    from correspondence.ransac import HOMOGRAPHY, RobustEstimator
+
+    probs = _h_batch(4, 1000, 0.1, noise=1.0, seed=11)
+    n0, n1, valid, s0, s1, T0, T1 = _normalised(probs)
     iters = {}
     for prior in ("consistency", "uniform"):
         Hn, _, iters[prior] = RobustEstimator(HOMOGRAPHY, 3.0, prior=prior)(n0, n1, valid, None, s0, s1)
@@ -188,3 +196,24 @@ def test_prior_sampling_finds_models_faster_at_low_inlier_ratio():
             assert corner_error(h / h[2, 2], p["H"]) < 3.0, prior
     # uniform sampling at r = 0.1 needs ~69k samples for 0.999 confidence
     assert (iters["consistency"] * 4 < iters["uniform"]).all(), iters
+
+
+def test_homography_switches_to_the_prior_after_the_first_round():
+    """At 10 % inliers a homography problem tests the switch to the consistency prior after its
+    first round of 256 uniform samples (``prior_check``), not after the second (2304): it draws
+    fewer samples in all and still finds every model; F and E keep ``prior_after // 8``."""
+    from correspondence.ransac import ESSENTIAL, FUNDAMENTAL, HOMOGRAPHY, RobustEstimator
+
+    assert RobustEstimator(HOMOGRAPHY, 3.0).prior_check == 256
+    assert RobustEstimator(FUNDAMENTAL, 1.0).prior_check == 4096 // 8
+    assert RobustEstimator(ESSENTIAL, 1.0).prior_check == 2048 // 8
+    probs = _h_batch(4, 500, 0.1, noise=1.0, seed=5)
+    n0, n1, valid, s0, s1, T0, T1 = _normalised(probs)
+    iters = {}
+    for check in (256, 2304):
+        Hn, _, iters[check] = RobustEstimator(HOMOGRAPHY, 3.0, prior_check=check)(n0, n1, valid, None, s0, s1)
+        H = (torch.linalg.solve(T1, Hn) @ T0).numpy()
+        for p, h in zip(probs, H):
+            assert corner_error(h / h[2, 2], p["H"]) < 3.0, check
+    # the early switch skips the second uniform round of 2048 samples
+    assert (iters[256] + 2048 <= iters[2304]).all(), iters
