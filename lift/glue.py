@@ -221,7 +221,8 @@ def pyramid_atlas(pyramid: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, List[T
 def extract_patches_pyramid(pyramid: Sequence[torch.Tensor], keypoints: torch.Tensor,
                             scales: torch.Tensor, oris: Optional[torch.Tensor] = None,
                             patch_size: int = 32, support: float = 6.0,
-                            batch_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+                            batch_index: Optional[torch.Tensor] = None,
+                            atlas: Optional[Tuple[torch.Tensor, List[Tuple[int, int]]]] = None) -> torch.Tensor:
     """Anti-aliased patch extraction: each patch is sampled from the pyramid level whose pixel
     step is closest below the patch's step (``2 support sigma / S`` image pixels per patch
     pixel, :func:`pyramid_level`), so that bilinear sampling never skips more than one level
@@ -237,6 +238,8 @@ def extract_patches_pyramid(pyramid: Sequence[torch.Tensor], keypoints: torch.Te
         pyramid: from :func:`build_pyramid`, level l is the image at scale 2^-l.
         Other arguments and the output as :func:`extract_patches` (keypoints in level-0
         pixels).
+        atlas: ``pyramid_atlas(pyramid)``, when the caller samples the same pyramid more than
+            once (the runtime's orientation and descriptor patches); built here otherwise.
     """
     n = keypoints.shape[0]
     base = pyramid[0]
@@ -248,7 +251,7 @@ def extract_patches_pyramid(pyramid: Sequence[torch.Tensor], keypoints: torch.Te
             raise ValueError("extract_patches_pyramid needs batch_index when the batch has B > 1")
         batch_index = torch.zeros(n, dtype=torch.long, device=base.device)
     dtype, dev = base.dtype, base.device
-    atlas, offsets = pyramid_atlas(pyramid)
+    atlas, offsets = pyramid_atlas(pyramid) if atlas is None else atlas
     ha, wa = atlas.shape[-2:]
     level = pyramid_level(2.0 * support * scales / patch_size, len(pyramid))
     f = torch.exp2(level.to(dtype))

@@ -1,6 +1,8 @@
 """Small building blocks shared by the networks."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -41,13 +43,16 @@ def ghh(x: torch.Tensor, num_sum: int, num_max: int, dim: int = 1) -> torch.Tens
 
 def normalize_patches(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Per-patch standardisation of ``B x 1 x S x S`` patches (statistics detached, as kornia's
-    HardNet does: gradients through the statistics destabilise detector training)."""
-    # E[x] and E[x^2] in one pass each: ~4x faster than torch.std/var_mean on CPU
+    HardNet does: gradients through the statistics destabilise detector training).
+
+    Two-pass statistics: the spread is measured on the centred patch (``E[x^2] - E[x]^2`` in
+    float32 loses faint texture on a bright patch to cancellation: 33 % error for a texture
+    of 0.002 on a 0.9 background), as a norm (no squared copy)."""
     flat = x.detach().flatten(-2)
     n = flat.shape[-1]
     mean = flat.mean(-1, keepdim=True)
-    var = ((flat * flat).mean(-1, keepdim=True) - mean * mean).clamp_min(0) * (n / max(n - 1, 1))
-    return (x - mean[..., None]) / (var.sqrt()[..., None] + eps)
+    sd = torch.linalg.vector_norm(flat - mean, dim=-1, keepdim=True) / math.sqrt(max(n - 1, 1))
+    return (x - mean[..., None]) / (sd[..., None] + eps)
 
 
 def max_filter(x: torch.Tensor, radius: int) -> torch.Tensor:

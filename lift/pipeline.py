@@ -19,10 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .features import DESCRIPTOR_SUPPORT, Features, keypoints_from_cv2
-from .glue import build_pyramid, extract_patches_pyramid, pyramid_depth
+from .glue import build_pyramid, extract_patches_pyramid, pyramid_atlas, pyramid_depth
 from .image import ImageError, to_gray_tensor
+from .inference import standardized_window
 from .layers import max_filter
-from .layers import normalize_patches
 from .model import LIFTModel
 from .nms import scale_space_nms
 
@@ -253,20 +253,24 @@ class LIFT(nn.Module):
             raise ImageError(f"mask has shape {tuple(m.shape)}, image is {h} x {w}")
         return (m != 0).to(self.device)
 
-    def _pyramid(self, gray: torch.Tensor, max_sigma: float) -> List[torch.Tensor]:
+    def _pyramid(self, gray: torch.Tensor, max_sigma: float):
+        """The patch source of a batch: its Gaussian pyramid (deep enough for patches of
+        ``max_sigma``) and the pyramid's atlas, built once for both patch networks."""
         size = self.model.descriptor.input_size
-        return build_pyramid(gray, pyramid_depth(2.0 * DESCRIPTOR_SUPPORT * max_sigma / size))
+        pyr = build_pyramid(gray, pyramid_depth(2.0 * DESCRIPTOR_SUPPORT * max_sigma / size))
+        return pyr, pyramid_atlas(pyr)
 
-    def _run_chunks(self, net, pyr, kp, sc, ori, bidx) -> torch.Tensor:
+    def _run_chunks(self, net, source, kp, sc, ori, bidx) -> torch.Tensor:
         outs = []
+        pyr, atlas = source
         dtype = next(net.features.parameters()).dtype
         for s in range(0, len(kp), self.conf.patch_batch):
             sl = slice(s, s + self.conf.patch_batch)
             patches = extract_patches_pyramid(pyr, kp[sl], sc[sl], None if ori is None else ori[sl],
-                                              net.input_size, DESCRIPTOR_SUPPORT, bidx[sl])
+                                              net.input_size, DESCRIPTOR_SUPPORT, bidx[sl], atlas=atlas)
             # standardised in float32 (bfloat16 would flatten faint texture), then cast; the
             # network reads only its top-left crop x crop window (lift.inference)
-            patches = normalize_patches(patches)[..., :net.crop, :net.crop].to(dtype)
+            patches = standardized_window(patches, net.crop, dtype)
             outs.append(net.forward_standardized(
                 patches.contiguous(memory_format=torch.channels_last)).float())
         return torch.cat(outs)

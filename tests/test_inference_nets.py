@@ -105,3 +105,29 @@ def test_negligible_weights_are_zero_in_the_copy():
         ref = model.orientation(x)
         got = fast.forward_standardized(normalize_patches(x).contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_standardized_window_matches_normalize_then_crop(dtype):
+    """The runtime's fused standardisation equals ``normalize_patches`` (statistics over the
+    whole patch), then the top-left crop, then the cast; faint texture on a bright patch
+    survives (standardised before the cast); an empty batch gives an empty result."""
+    from lift.inference import standardized_window
+
+    torch.manual_seed(0)
+    x = torch.rand(40, 1, 32, 32, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    x[:5] = 0.9 + 0.002 * x[:5]  # faint texture near white
+    x[5] = 0.3  # a flat patch: zero spread -> (about) zeros, not NaN
+    for crop in (32, 28):
+        got = standardized_window(x, crop, dtype)
+        assert got.dtype == dtype and got.shape == (40, 1, crop, crop)
+        ref = normalize_patches(x.double())[..., :crop, :crop]
+        # (float32 input: 0.9 + 0.002 u is itself stored with ~5e-8 error, 1e-4 of its spread)
+        tol = {torch.float64: dict(atol=1e-9, rtol=1e-9), torch.float32: dict(atol=5e-4, rtol=1e-3),
+               torch.bfloat16: dict(atol=2e-2, rtol=1e-2)}[dtype]
+        textured = torch.arange(40) != 5
+        torch.testing.assert_close(got[textured].double(), ref[textured].double(), **tol)
+        assert got[:5].float().std() > 0.9  # unit spread, not flattened to a constant
+        # the flat patch stays flat: float rounding of its mean is not blown up to unit spread
+        assert torch.isfinite(got.float()).all() and got[5].abs().max() < 0.05
+    assert standardized_window(x[:0], 32, dtype).shape == (0, 1, 32, 32)
