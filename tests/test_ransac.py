@@ -16,12 +16,14 @@ def _h_batch(n_prob=3, n=300, ratio=0.5, noise=0.0, seed=0):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_homography_exact_recovery_batched(dtype):
+def test_homography_exact_recovery_batched(dtype, device):
     probs = _h_batch(3, 300, 0.4)
-    src = torch.tensor(np.stack([p["src"] for p in probs]), dtype=dtype)
-    dst = torch.tensor(np.stack([p["dst"] for p in probs]), dtype=dtype)
+    src = torch.tensor(np.stack([p["src"] for p in probs]), dtype=dtype, device=device)
+    dst = torch.tensor(np.stack([p["dst"] for p in probs]), dtype=dtype, device=device)
     H, mask = find_homography(src, dst, threshold=1.0)
     assert H.shape == (3, 3, 3) and mask.shape == (3, 300) and H.dtype == dtype
+    assert H.device.type == mask.device.type == device.type
+    H, mask = H.cpu(), mask.cpu()
     for i, p in enumerate(probs):
         assert corner_error(H[i].double().numpy(), p["H"]) < (2e-2 if dtype == torch.float32 else 1e-6)
         assert (mask[i].numpy() == p["inlier"]).mean() == 1.0
@@ -132,13 +134,15 @@ def test_fundamental_exact_recovery():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_relative_pose_exact_recovery(dtype):
+def test_relative_pose_exact_recovery(dtype, device):
     probs = _pose_batch(2, 200, 0.6, seed=2)
-    k0 = torch.tensor(np.stack([p["kpts0"] for p in probs]), dtype=dtype)
-    k1 = torch.tensor(np.stack([p["kpts1"] for p in probs]), dtype=dtype)
-    K = torch.tensor(probs[0]["K"], dtype=dtype)
+    k0 = torch.tensor(np.stack([p["kpts0"] for p in probs]), dtype=dtype, device=device)
+    k1 = torch.tensor(np.stack([p["kpts1"] for p in probs]), dtype=dtype, device=device)
+    K = torch.tensor(probs[0]["K"], dtype=dtype, device=device)
     R, t, mask = estimate_relative_pose(k0, k1, K, K, threshold=0.5)
     assert R.shape == (2, 3, 3) and t.shape == (2, 3) and mask.shape == (2, 200)
+    assert R.device.type == t.device.type == mask.device.type == device.type
+    R, t, mask, k0, k1, K = R.cpu(), t.cpu(), mask.cpu(), k0.cpu(), k1.cpu(), K.cpu()
     tol = 0.05 if dtype == torch.float32 else 1e-4
     for i, p in enumerate(probs):
         assert rotation_error_deg(R[i].double().numpy(), p["R"]) < tol
