@@ -179,6 +179,28 @@ def test_lift_extractor_and_resize(tmp_path, scene, random_model):
         extract.build_extractor(ExtractConf("nope"))
 
 
+def test_lift_extractor_for_sfm_keeps_one_scale_per_location(tmp_path, scene, random_model):
+    """The SfM ``lift`` extractor runs with ``scale_nms=1``: the matching default (0) keeps a
+    location's keypoints at adjacent scales, which become near-duplicate tracks in SfM."""
+    from lift import LIFT
+    from lift.image import load_image
+
+    images, _ = scene
+    image = load_image(images / "view_00.png")
+    weights = str(random_model.save(tmp_path / "random.pt"))
+    assert ExtractConf().scale_nms == 1
+
+    def near_duplicates(feats):
+        d = np.linalg.norm(feats.keypoints[:, None] - feats.keypoints[None], axis=-1)
+        np.fill_diagonal(d, np.inf)
+        return int((d.min(1) < 1.0).sum())
+
+    sfm = extract.build_extractor(ExtractConf("lift", max_keypoints=0, model=weights))(image)
+    default = LIFT(weights, max_keypoints=None).extract(image)
+    assert len(sfm) > 20 and near_duplicates(default) > 0
+    assert near_duplicates(sfm) < 0.5 * near_duplicates(default), (near_duplicates(sfm), near_duplicates(default))
+
+
 def test_pairs_strategies(tmp_path):
     names = [f"{i}.jpg" for i in range(5)]
     assert len(pairs.make_pairs(names, "exhaustive")) == 10

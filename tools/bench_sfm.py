@@ -149,7 +149,8 @@ def report(results, args, path: Path):
         f"- command: `python tools/bench_sfm.py {' '.join(sys.argv[1:])}`",
         f"- settings: {args.max_keypoints} keypoints per image for every method; Strecha images downscaled "
         f"to {args.long_side} px long side, ground-truth K (scaled) given and fixed, one PINHOLE camera; "
-        "sacre_coeur: one SIMPLE_RADIAL camera per image, estimated. lift-sfm: exhaustive pairs, mutual NN "
+        "sacre_coeur: one SIMPLE_RADIAL camera per image, estimated. lift-sfm: LIFT with its SfM setting "
+        "scale_nms=1 (one scale per location; `ExtractConf.scale_nms`), exhaustive pairs, mutual NN "
         f"matching, our batched F-RANSAC (Sampson {args.verify_threshold:g} px, >= 15 inliers), pycolmap incremental mapping. "
         "colmap: pycolmap SIFT extraction (same budget, RootSIFT-normalised, same images), exhaustive SIFT "
         "matching with COLMAP's verification, same mapper. Every mapper runs on 1 thread, the only "
