@@ -26,13 +26,12 @@ network's output (up to float rounding):
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import MaxPool, output_shape
+from .layers import MaxPool, centre_patches, output_shape
 
 __all__ = ["inference_net", "fold_batch_norm", "FastReLU", "FlatLinear", "standardized_window"]
 
@@ -77,17 +76,12 @@ def standardized_window(patches: torch.Tensor, crop: int, dtype: torch.dtype) ->
     """``normalize_patches(patches)[..., :crop, :crop].to(dtype)`` with fewer passes over memory.
 
     ``B x C x S x S`` float patches -> ``B x C x crop x crop`` in ``dtype``: each patch minus its
-    mean, divided by its standard deviation (Bessel-corrected, + 1e-6), statistics over the
-    whole ``S x S`` patch as in :func:`lift.layers.normalize_patches`. Two-pass statistics (the
-    spread is measured on the centred patch, exact also for faint texture on a bright patch),
-    the square sum taken as a norm (no squared copy), and the last multiply writes the window
-    straight in ``dtype`` (computed in float32).
+    mean, divided by its standard deviation (+ 1e-6), statistics over the whole ``S x S`` patch
+    (:func:`lift.layers.centre_patches`: two-pass, exact also for faint texture on a bright
+    patch); the last multiply writes only the window, straight in ``dtype`` (computed in
+    float32), instead of a standardised float32 copy of the whole patch and then a cast.
     """
-    flat = patches.flatten(-2)
-    n = flat.shape[-1]
-    mean = flat.sum(-1).div_(n)
-    centred = patches - mean[..., None, None]
-    sd = torch.linalg.vector_norm(centred.flatten(-2), dim=-1).div_(math.sqrt(max(n - 1, 1)))
+    centred, sd = centre_patches(patches)
     inv = 1.0 / sd.add_(1e-6)
     out = torch.empty(patches.shape[:-2] + (crop, crop), dtype=dtype, device=patches.device)
     return torch.mul(centred[..., :crop, :crop], inv[..., None, None], out=out)

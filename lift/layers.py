@@ -6,7 +6,8 @@ import math
 import torch
 import torch.nn as nn
 
-__all__ = ["ghh", "normalize_patches", "max_filter", "MaxPool", "conv_stack", "output_shape"]
+__all__ = ["ghh", "centre_patches", "normalize_patches", "max_filter", "MaxPool", "conv_stack",
+           "output_shape"]
 
 
 def ghh(x: torch.Tensor, num_sum: int, num_max: int, dim: int = 1) -> torch.Tensor:
@@ -41,19 +42,26 @@ def ghh(x: torch.Tensor, num_sum: int, num_max: int, dim: int = 1) -> torch.Tens
     return out
 
 
-def normalize_patches(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-patch standardisation of ``B x 1 x S x S`` patches (statistics detached, as kornia's
-    HardNet does: gradients through the statistics destabilise detector training).
+def centre_patches(x: torch.Tensor):
+    """``B x C x S x S`` patches minus their means, and their standard deviations (``B x C``,
+    Bessel-corrected), both statistics detached (as kornia's HardNet does: gradients through
+    the statistics destabilise detector training).
 
     Two-pass statistics: the spread is measured on the centred patch, as a norm (no squared
     copy). ``E[x^2] - E[x]^2`` in float32 loses faint texture on a bright patch to
     cancellation: for a texture of amplitude 0.002 on a 0.9 background it put standardised
     values off by up to 0.33 (in units of the spread)."""
-    flat = x.detach().flatten(-2)
-    n = flat.shape[-1]
-    mean = flat.mean(-1, keepdim=True)
-    sd = torch.linalg.vector_norm(flat - mean, dim=-1, keepdim=True) / math.sqrt(max(n - 1, 1))
-    return (x - mean[..., None]) / (sd[..., None] + eps)
+    n = x.shape[-2] * x.shape[-1]
+    centred = x - x.detach().flatten(-2).mean(-1)[..., None, None]
+    sd = torch.linalg.vector_norm(centred.detach().flatten(-2), dim=-1) / math.sqrt(max(n - 1, 1))
+    return centred, sd
+
+
+def normalize_patches(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-patch standardisation of ``B x 1 x S x S`` patches: ``(x - mean) / (std + eps)``
+    with the statistics of :func:`centre_patches` (detached, two-pass)."""
+    centred, sd = centre_patches(x)
+    return centred / (sd[..., None, None] + eps)
 
 
 def max_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
