@@ -11,23 +11,58 @@ groups), holding:
     oris             float32 N       radians, clockwise on screen
     image_size       int64   2       (W, H)
 
-``keypoints.attrs["uncertainty"]`` is 1.0 px. Root attribute ``lift_version``.
+``keypoints.attrs["uncertainty"]`` is 1.0 px. Root attribute ``lift_version``; files written by
+``lift-extract`` and ``lift-sfm`` also carry ``extract_conf``: JSON of the settings that
+determine the features (extractor, keypoint budget, resizing, weights name and sha1, ...), so
+that resuming into the file with other settings is refused (:func:`check_extract_conf`).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Union
+from typing import Dict, Iterator, List, Optional, Union
 
 import h5py
 import numpy as np
 
 from .features import Features
 
-__all__ = ["atomic_h5", "write_features", "read_features", "list_feature_names"]
+__all__ = ["atomic_h5", "write_features", "read_features", "list_feature_names",
+           "StaleFeaturesError", "read_extract_conf", "check_extract_conf", "EXTRACT_CONF_ATTR"]
+
+#: root attribute holding the extraction settings (JSON)
+EXTRACT_CONF_ATTR = "extract_conf"
+
+
+class StaleFeaturesError(ValueError):
+    """An existing features file was extracted with other settings than the requested ones."""
+
+
+def read_extract_conf(f: h5py.File) -> Optional[dict]:
+    """The extraction settings recorded in a features file (None if it has none)."""
+    text = f.attrs.get(EXTRACT_CONF_ATTR)
+    return None if text is None else json.loads(text)
+
+
+def check_extract_conf(f: h5py.File, want: dict, path: Union[str, Path]) -> None:
+    """Raise :class:`StaleFeaturesError` if ``f`` holds features extracted with settings other
+    than ``want``; then record ``want`` if ``f`` is writable. A file without a record (hloc,
+    older versions) is accepted as it is."""
+    have = read_extract_conf(f)
+    if have is not None and have != want and list_feature_names(f):
+        diff = ", ".join(f"{k} {have.get(k)!r} -> {want.get(k)!r}" for k in sorted(set(have) | set(want))
+                         if have.get(k) != want.get(k))
+        raise StaleFeaturesError(f"{path} holds features extracted with other settings ({diff}); "
+                                 "pass overwrite (--overwrite) to extract afresh, or choose another output")
+    if f.mode != "r":
+        from . import __version__
+
+        f.attrs[EXTRACT_CONF_ATTR] = json.dumps(want, sort_keys=True)
+        f.attrs["lift_version"] = __version__
 
 
 @contextmanager

@@ -13,7 +13,7 @@ def weights(tmp_path, random_model):
     return random_model.save(tmp_path / "w.pt")
 
 
-def test_extract_writes_hloc_layout_and_skips_existing(tmp_path, weights, photo):
+def test_extract_writes_hloc_layout_and_skips_existing(tmp_path, weights, photo, capsys):
     d = tmp_path / "imgs"
     (d / "sub").mkdir(parents=True)
     cv2.imwrite(str(d / "a.png"), photo)
@@ -33,13 +33,27 @@ def test_extract_writes_hloc_layout_and_skips_existing(tmp_path, weights, photo)
     feats = read_features(out, "a.png")
     assert len(feats) == 300
     mtime = out.stat().st_mtime_ns
-    # a second run skips the existing images (and leaves no temporary files behind)
-    rc = extract.main([str(d / "a.png"), "--output", str(out), "--model", str(weights), "--quiet"])
+    # a second run with the same settings skips the existing images (and leaves no temporary
+    # files behind)
+    same = ["--output", str(out), "--model", str(weights), "--max-keypoints", "300", "--quiet"]
+    rc = extract.main([str(d / "a.png")] + same)
     assert rc == 0
     assert not list(tmp_path.glob("*.tmp"))
     with h5py.File(out, "r") as f:
         assert f["a.png/keypoints"].shape == (300, 2)
+        assert f.attrs["lift_version"] and '"max_keypoints": 300' in f.attrs["extract_conf"]
     assert out.stat().st_mtime_ns >= mtime
+    capsys.readouterr()
+    # other settings: refused, not mixed into the file; --overwrite recomputes
+    rc = extract.main([str(d / "a.png"), "--output", str(out), "--model", str(weights), "--quiet"])
+    assert rc == 2 and "max_keypoints 300 -> 2048" in capsys.readouterr().err
+    with h5py.File(out, "r") as f:
+        assert f["a.png/keypoints"].shape == (300, 2)
+    rc = extract.main([str(d / "a.png"), "--output", str(out), "--model", str(weights), "--quiet",
+                       "--max-keypoints", "100", "--overwrite"])
+    assert rc == 0
+    with h5py.File(out, "r") as f:
+        assert list_feature_names(f) == ["a.png"] and f["a.png/keypoints"].shape == (100, 2)
 
 
 def test_extract_usage_errors(tmp_path, weights):

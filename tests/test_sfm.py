@@ -86,6 +86,52 @@ def test_rerun_skips_finished_steps(reconstruction, scene):
     assert again.stats.points3d == result.stats.points3d
 
 
+def test_rerun_with_changed_settings_recomputes_from_that_step(reconstruction, scene, tmp_path, capsys):
+    result, conf, _ = reconstruction
+    out = tmp_path / "sfm"
+    shutil.copytree(result.output_dir, out)
+    with h5py.File(out / "features.h5", "r") as f:
+        assert extract.read_signature(f) == conf.extract.signature()
+    # fewer keypoints: the old features must not be reused (they were, before the record)
+    fewer = SfMConfig(extract=ExtractConf("sift", max_keypoints=300, num_workers=1), camera=conf.camera)
+    again = run(scene[0], out, fewer, progress=False)
+    assert all(t > 0 for t in again.timings.values()), again.timings
+    assert "extract settings changed (max_keypoints 1024 -> 300)" in capsys.readouterr().err
+    with h5py.File(out / "features.h5", "r") as f:
+        assert max(len(f[n]["keypoints"]) for n in extract.list_feature_names(f)) <= 300
+    assert run(scene[0], out, fewer, progress=False).timings == dict.fromkeys(again.timings, 0.0)
+    # a later step's setting: the earlier steps are kept, that one and the later ones rerun
+    ratio = SfMConfig(extract=fewer.extract, camera=conf.camera, match=MatchConf("mnn_ratio", 0.9))
+    t = run(scene[0], out, ratio, progress=False).timings
+    assert t["extract"] == t["pairs"] == 0.0 and t["match"] > 0 and t["verify"] > 0 and t["reconstruct"] > 0
+    assert "match settings changed (method 'mnn' -> 'mnn_ratio', ratio 0.8 -> 0.9)" in capsys.readouterr().err
+    state = json.loads((out / "lift-sfm.json").read_text())
+    assert state["match"] == {"method": "mnn_ratio", "ratio": 0.9}
+
+
+def test_extract_refuses_to_mix_settings_in_one_file(scene, tmp_path):
+    images, _ = scene
+    items = [(p, p.name) for p in sorted(images.glob("view_0[0-1].png"))]
+    out = tmp_path / "features.h5"
+    extract.extract(items[:1], out, ExtractConf("sift", max_keypoints=100, num_workers=0), progress=False)
+    extract.merge_parts(out, 1)
+    other = ExtractConf("sift", max_keypoints=200, num_workers=0)
+    with pytest.raises(extract.StaleFeaturesError, match="max_keypoints 100 -> 200"):
+        extract.extract(items, out, other, progress=False)
+    # an interrupted part file written with other settings is refused as well
+    part = extract.part_path(tmp_path / "p.h5", 0, 1)
+    extract.extract(items[:1], tmp_path / "p.h5", other, progress=False)
+    with pytest.raises(extract.StaleFeaturesError, match=part.name):
+        extract.extract(items, tmp_path / "p.h5", ExtractConf("rootsift", 200, num_workers=0), progress=False)
+    extract.extract(items, out, other, overwrite=True, progress=False)
+    extract.merge_parts(out, 1, keep_existing=False)
+    with h5py.File(out, "r") as f:
+        assert extract.read_signature(f)["max_keypoints"] == 200 and len(f["view_01.png"]["keypoints"]) <= 200
+    # lift: the weights' content is part of the settings
+    sig = ExtractConf("lift").signature()
+    assert sig["scale_nms"] == 1 and len(sig["weights_sha1"]) == 40
+
+
 def test_cli_bad_inputs(tmp_path, capsys, scene):
     assert sfm_main([str(tmp_path / "missing"), str(tmp_path / "o1"), "--quiet"]) == 2
     empty = tmp_path / "empty"

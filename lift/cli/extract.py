@@ -4,7 +4,9 @@ Example::
 
     lift-extract images/ --output features.h5 --max-keypoints 2048
 
-Images that are already in the output are skipped unless ``--overwrite``. Unreadable images
+Images that are already in the output are skipped unless ``--overwrite``; an output extracted
+with other settings (``--max-keypoints``, ``--model`` or the weights' content; the file's
+``extract_conf`` attribute) is refused with exit status 2 rather than mixed. Unreadable images
 are reported and skipped; the exit status is 1 if any image failed, 2 for usage errors.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 import h5py
 from tqdm import tqdm
 
-from ..h5io import atomic_h5, write_features
+from ..h5io import atomic_h5, check_extract_conf, write_features
 from ..image import IMAGE_EXTENSIONS, ImageError, load_image
 
 __all__ = ["main", "find_images", "extract_to_h5"]
@@ -47,17 +49,27 @@ def extract_to_h5(images: Sequence[Tuple[Path, str]], output: Path, max_keypoint
                   device: Optional[str] = None, model: str = "default", overwrite: bool = False,
                   progress: bool = True) -> Tuple[Path, List[Tuple[str, str]]]:
     """Extract features for ``(path, name)`` images into ``output``. Returns the output path
-    and the list of ``(name, error)`` for images that failed."""
-    from ..pipeline import LIFT
+    and the list of ``(name, error)`` for images that failed.
 
-    extractor = LIFT(model, device=device, max_keypoints=max_keypoints if max_keypoints > 0 else None)
+    Raises:
+        lift.h5io.StaleFeaturesError: ``output`` holds features extracted with other settings
+            (and not ``overwrite``).
+    """
+    from ..pipeline import LIFT, LIFTConfig
+    from ..sfm.extract import ExtractConf
+
+    # the settings recorded in the file; lift-extract runs the runtime's default scale_nms
+    sig = ExtractConf("lift", max_keypoints, None, model, scale_nms=LIFTConfig.scale_nms).signature()
     done = set()
     if output.exists() and not overwrite:
         with h5py.File(output, "r") as f:
+            check_extract_conf(f, sig, output)
             done = {name for _, name in images if name in f and "keypoints" in f[name]}
+    extractor = LIFT(model, device=device, max_keypoints=max_keypoints if max_keypoints > 0 else None)
     todo = [(p, n) for p, n in images if n not in done]
     failed = []
     with atomic_h5(output, keep_existing=not overwrite) as f:
+        check_extract_conf(f, sig, output)
         for path, name in tqdm(todo, desc="lift-extract", unit="img", disable=not progress):
             try:
                 image = load_image(path)

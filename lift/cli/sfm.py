@@ -8,7 +8,9 @@ Example::
 
 Writes ``out/features.h5``, ``out/pairs.txt``, ``out/matches.h5`` (hloc layouts),
 ``out/database.db`` (COLMAP) and the models in COLMAP's binary format under ``out/sparse/``
-(largest first, ``sparse/0``). Re-running skips finished steps unless ``--overwrite``.
+(largest first, ``sparse/0``). Re-running skips finished steps unless ``--overwrite``; a
+step whose settings changed (``out/lift-sfm.json``, ``features.h5``'s ``extract_conf``) is
+recomputed with the steps after it.
 Under ``torchrun --nproc_per_node N -m lift.cli.sfm ...`` extraction is split over N
 processes. Unreadable images are skipped and listed at the end.
 

@@ -11,7 +11,11 @@ output folder must be shared between machines). One laptop or many nodes: the sa
 Output layout: hloc's ``features.h5`` (:mod:`lift.h5io`), keypoints in the original image's
 pixels (top-left pixel centre (0, 0)) even when images are downscaled with ``resize_max``.
 Unreadable images are skipped and listed in the file's root attribute ``failed`` (JSON list of
-``[name, reason]``).
+``[name, reason]``). The root attribute ``extract_conf`` (JSON, :meth:`ExtractConf.signature`)
+records the settings that determine the features; resuming into a file (or part file) written
+with other settings raises :class:`StaleFeaturesError` instead of mixing two kinds of features
+in one file (``--overwrite`` starts afresh). Files without the attribute (written by hloc or
+older versions) are resumed as they are.
 
 Extractors are registered by name (:data:`EXTRACTORS`, :func:`register_extractor`): ``lift``,
 ``sift`` (OpenCV SIFT) and ``rootsift`` (OpenCV SIFT with RootSIFT descriptors).
@@ -23,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -37,11 +42,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..features import Features
-from ..h5io import atomic_h5, list_feature_names, write_features
+from ..h5io import (EXTRACT_CONF_ATTR, StaleFeaturesError, atomic_h5, check_extract_conf,
+                    list_feature_names, read_extract_conf, write_features)
 from ..image import ImageError, load_image
 
 __all__ = ["ExtractConf", "EXTRACTORS", "register_extractor", "build_extractor", "ImageDataset",
-           "extract", "merge_parts", "read_failures", "main"]
+           "StaleFeaturesError", "extract", "merge_parts", "read_failures", "read_signature", "main"]
+
+#: the extraction settings recorded in a features file (None if none): :func:`lift.h5io.read_extract_conf`
+read_signature = read_extract_conf
 
 Extractor = Callable[[np.ndarray], Features]
 
@@ -72,6 +81,26 @@ class ExtractConf:
     device: Optional[str] = None
     num_workers: int = 2
     scale_nms: int = 1
+
+    def signature(self) -> Dict[str, object]:
+        """The settings that determine the features (not ``device`` or ``num_workers``), as
+        stored in ``features.h5``. For ``lift``: also ``scale_nms`` and the sha1 of the weights
+        file, so that new shipped weights under the same name count as a change."""
+        sig: Dict[str, object] = {"extractor": self.extractor, "max_keypoints": max(int(self.max_keypoints), 0),
+                                  "resize_max": None if self.resize_max is None else int(self.resize_max)}
+        if self.extractor == "lift":
+            sig.update(model=str(self.model), weights_sha1=_weights_sha1(self.model),
+                       scale_nms=int(self.scale_nms))
+        return sig
+
+
+def _weights_sha1(model: str) -> Optional[str]:
+    from ..model import MODEL_NAMES, WEIGHTS_DIR
+
+    path = WEIGHTS_DIR / MODEL_NAMES[model] if model in MODEL_NAMES else Path(model)
+    if not path.is_file():
+        return None  # loading the extractor reports the missing file
+    return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
 EXTRACTORS: Dict[str, Callable[[ExtractConf], Extractor]] = {}
@@ -219,12 +248,15 @@ def extract(images: Sequence[Tuple[Path, str]], output: Path, conf: ExtractConf 
     if overwrite and part.exists():
         part.unlink()
     done = set()
+    sig = conf.signature()
     if output.exists() and not overwrite:
         with h5py.File(output, "r") as f:
+            check_extract_conf(f, sig, output)
             done = set(list_feature_names(f))
     mine = [item for i, item in enumerate(images) if i % world_size == rank]
     extractor = None
     with _open_part(part) as f:
+        check_extract_conf(f, sig, part)
         done |= set(list_feature_names(f))
         failed = dict(read_failures(f))
         todo = [(p, n) for p, n in mine if n not in done]
@@ -264,6 +296,9 @@ def merge_parts(output: Path, world_size: int, keep_existing: bool = True) -> Pa
         failed = dict(read_failures(out))
         for p in parts:
             with h5py.File(p, "r") as f:
+                sig = f.attrs.get(EXTRACT_CONF_ATTR)
+                if sig is not None:
+                    out.attrs[EXTRACT_CONF_ATTR] = sig
                 for name in list_feature_names(f):
                     if name in out:
                         del out[name]
@@ -326,7 +361,11 @@ def _cli(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     conf = ExtractConf(args.extractor, args.max_keypoints, args.resize_max, args.model, args.device,
                        args.num_workers, args.scale_nms)
-    out = main(args.image_dir, args.output, conf, overwrite=args.overwrite)
+    try:
+        out = main(args.image_dir, args.output, conf, overwrite=args.overwrite)
+    except (StaleFeaturesError, FileNotFoundError) as err:
+        print(f"python -m lift.sfm.extract: {err}", file=sys.stderr)
+        return 2
     print(out)
     return 0
 

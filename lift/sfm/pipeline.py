@@ -9,12 +9,20 @@ can take over at any step)::
     OUTPUT_DIR/database.db   COLMAP database with verified two-view geometries (lift.sfm.verify)
     OUTPUT_DIR/sparse/0..    COLMAP binary models, largest first (lift.sfm.reconstruct)
 
-A step whose output exists is skipped (re-running resumes); ``overwrite`` recomputes all.
+A step whose output exists is skipped (re-running resumes), unless its settings changed since
+it ran: ``features.h5`` records its extraction settings, ``OUTPUT_DIR/lift-sfm.json`` those of
+every finished step (:func:`step_settings`), and a step whose recorded settings differ from the
+requested ones is recomputed, with every step after it (a notice names the changed settings). ``overwrite``
+recomputes all. Outputs without a record (e.g. hloc files dropped into the folder) count as
+finished.
 """
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -27,7 +35,10 @@ from ..h5io import list_feature_names
 from . import extract, match, pairs, reconstruct, verify
 from .errors import SfMError
 
-__all__ = ["SfMConfig", "SfMResult", "run"]
+__all__ = ["SfMConfig", "SfMResult", "run", "step_settings", "STATE_FILE"]
+
+#: per-step settings of the finished steps, in the output folder
+STATE_FILE = "lift-sfm.json"
 
 
 @dataclass
@@ -64,6 +75,50 @@ class SfMResult:
     stats: ModelStats
 
 
+def step_settings(conf: SfMConfig) -> Dict[str, dict]:
+    """What each step's output depends on, per step (JSON-able; devices, worker counts and
+    progress output are left out: they do not change the results)."""
+    fix = conf.camera.params is not None if conf.fix_intrinsics is None else conf.fix_intrinsics
+    verify_conf = {k: v for k, v in asdict(conf.verify).items() if k not in ("device", "batch_pairs")}
+    return {"extract": conf.extract.signature(),
+            "pairs": {"pairs": conf.pairs},
+            "match": {"method": conf.match.method, "ratio": conf.match.ratio},
+            "verify": {**verify_conf, "camera": asdict(conf.camera)},
+            "reconstruct": {"fix_intrinsics": fix, "min_num_matches": conf.min_num_matches,
+                            "seed": conf.seed, "mapper_threads": conf.mapper_threads}}
+
+
+def _read_state(path: Path) -> Optional[Dict[str, dict]]:
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}  # unreadable record: trust no step
+    return state if isinstance(state, dict) else {}
+
+
+def _write_state(path: Path, state: Dict[str, dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _changes(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new))
+    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
+
+
+def _features_signature(path: Path) -> Optional[dict]:
+    if not path.exists():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            return extract.read_signature(f)
+    except OSError:
+        return None  # unreadable: extraction reports it
+
+
 def _features_complete(path: Path, names: List[str]) -> bool:
     if not path.exists():
         return False
@@ -97,18 +152,50 @@ def run(image_dir: Path, output_dir: Path, conf: SfMConfig = SfMConfig(), overwr
     paths = {"features": out / "features.h5", "pairs": out / "pairs.txt",
              "matches": out / "matches.h5", "database": out / "database.db"}
     timings: Dict[str, float] = {}
+    settings = step_settings(conf)
+    state_path = out / STATE_FILE
+    recorded = None if overwrite else _read_state(state_path)
+    state: Dict[str, dict] = dict(recorded or {})
+    rank = extract.dist_info()[0]
 
-    def timed(stage, done, fn):
+    def changed(stage: str, exists: bool, old: Optional[dict] = None) -> bool:
+        """The output of ``stage`` exists but was made with other settings (notice printed);
+        ``old``: the settings it was made with, if known from elsewhere than the record."""
+        if old is None and recorded is not None:
+            old = recorded.get(stage, "not recorded")
+        if not exists or old is None:  # no record: first run, older version, foreign files
+            return False
+        if old == settings[stage]:
+            return False
+        if rank == 0:
+            why = old if isinstance(old, str) else _changes(old, settings[stage])
+            print(f"lift-sfm: {stage} settings changed ({why}); recomputing {stage} and the "
+                  "steps after it", file=sys.stderr)
+        return True
+
+    def timed(stage: str, done: bool, fn) -> None:
         t = time.perf_counter()
         if overwrite or not done:
+            if rank == 0 and stage in state and stage != "extract":
+                # unrecorded while it runs: a crash inside the step cannot leave a stale record
+                # (extraction resumes from its part files and checks their settings itself;
+                # ranks > 0 read the record before rank 0 can change it)
+                del state[stage]
+                _write_state(state_path, state)
             fn()
             timings[stage] = time.perf_counter() - t
         else:
             timings[stage] = 0.0
+        state[stage] = settings[stage]
+        if rank == 0:
+            _write_state(state_path, state)
 
     names = [n for _, n in items]
-    timed("extract", _features_complete(paths["features"], names),
-          lambda: extract.main(image_dir, paths["features"], conf.extract, names, overwrite, progress))
+    # extraction: the features file records its own settings (lift.sfm.extract)
+    stale = changed("extract", paths["features"].exists(), _features_signature(paths["features"]))
+    timed("extract", _features_complete(paths["features"], names) and not stale,
+          lambda: extract.main(image_dir, paths["features"], conf.extract, names,
+                               overwrite or stale, progress))
     if extract.dist_info()[0] != 0:
         return None  # torchrun: ranks > 0 only extract; rank 0 carries on
     with h5py.File(paths["features"], "r") as f:
@@ -119,19 +206,23 @@ def run(image_dir: Path, output_dir: Path, conf: SfMConfig = SfMConfig(), overwr
                        + "".join(f"\n  skipped {n}: {e}" for n, e in failed))
     # later steps are redone whenever an earlier one ran
     redo = overwrite or timings["extract"] > 0
+    redo = redo or changed("pairs", paths["pairs"].exists())
     timed("pairs", paths["pairs"].exists() and not redo,
           lambda: pairs.main(paths["features"], paths["pairs"], conf.pairs))
     if not pairs.parse_pairs(paths["pairs"]):
         raise SfMError(f"no image pairs to match ({conf.pairs})")
     redo = redo or timings["pairs"] > 0
+    redo = redo or changed("match", paths["matches"].exists())
     timed("match", paths["matches"].exists() and not redo,
           lambda: match.main(paths["pairs"], paths["features"], paths["matches"], conf.match, redo, progress))
     redo = redo or timings["match"] > 0
+    redo = redo or changed("verify", paths["database"].exists())
     timed("verify", paths["database"].exists() and not redo,
           lambda: verify.main(paths["features"], paths["pairs"], paths["matches"], paths["database"],
                               conf.camera, conf.verify, True, progress))
     redo = redo or timings["verify"] > 0
     fix = conf.camera.params is not None if conf.fix_intrinsics is None else conf.fix_intrinsics
+    redo = redo or changed("reconstruct", (out / "sparse" / "0").is_dir())
     timed("reconstruct", (out / "sparse" / "0").is_dir() and not redo,
           lambda: reconstruct.main(paths["database"], image_dir, out, fix, conf.min_num_matches,
                                    overwrite=True, seed=conf.seed, verbose=verbose,
