@@ -338,9 +338,13 @@ def refine_pose(R: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, x1: torch.Te
     """Robust Gauss-Newton refinement of relative poses on the Sampson error (batched).
 
     Minimises ``sum_i rho(d_i)`` over ``(R, t)`` (``|t| = 1``), ``d_i`` the Sampson distance of
-    ``E = [t]_x R``, ``rho`` the Cauchy loss with scale ``threshold``, by Gauss-Newton on the
-    5-dimensional manifold (``R <- R exp(dw)``, ``t`` moved in its tangent plane) with a
-    numerical Jacobian; a step is kept only where it lowers the cost (else the damping grows).
+    ``E = [t]_x R``, ``rho`` the Cauchy loss with scale ``threshold``, by damped Newton steps on
+    the 5-dimensional manifold (``R <- R exp(dw)``, ``t`` moved in its tangent plane) with a
+    numerical Jacobian. Each iteration solves for two steps, one with the IRLS weights
+    ``rho'(r) / r`` in the Hessian and one with the loss's curvature ``max(rho''(r), 0)``, and
+    keeps the one with the lower cost; it is kept only where it lowers the cost (else the
+    damping grows). Near the optimum the curvature step converges in 6-13 iterations where the
+    IRLS step alone needs 16-30 (10 %-inlier scenes of ``tools/bench_cne.py``).
 
     Args:
         R: ``B x 3 x 3``. t: ``B x 3`` unit. x0, x1: ``B x N x 2`` calibrated coordinates.
@@ -387,23 +391,34 @@ def refine_pose(R: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, x1: torch.Te
         res = residuals(Rk, tk)  # B x 6 x N
         r0 = res[:, 0]
         J = (res[:, 1:] - r0[:, None]) / h  # B x 5 x N
-        wr = w / (1 + r0.square() / c2)  # Cauchy IRLS weights
-        H = (J * wr[:, None]) @ J.transpose(1, 2)
-        g = (J * wr[:, None]) @ r0[..., None]
-        Hd = H + lam[:, None, None] * (H.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * eye5 + 1e-12 * eye5)
-        delta = -torch.linalg.solve_ex(Hd, g)[0][..., 0]  # B x 5
-        delta = torch.nan_to_num(delta)
-        Rn = R @ _so3_exp(delta[:, :3])
-        tn = t + delta[:, 3:4] * b1 + delta[:, 4:5] * b2
-        tn = tn / tn.norm(dim=-1, keepdim=True)
+        # two damped steps per problem, the better one kept: Gauss-Newton with the IRLS
+        # weights rho'(r) / r (robust far from the optimum, but it over-estimates the curvature
+        # of every residual near c, and its steps then shrink geometrically: 16-30 steps to
+        # tol on the 10 %-inlier scenes of tools/bench_cne.py) and with the loss's curvature
+        # rho''(r), clamped at 0 beyond its inflection |r| = c (Newton-like near the optimum)
+        q = r0.square() / c2
+        wr = w / (1 + q)
+        wh = w * ((1 - q) / (1 + q).square()).clamp_min(0)
+        g = (J * wr[:, None]) @ r0[..., None]  # B x 5 x 1
+        Hs = torch.stack([(J * wr[:, None]) @ J.transpose(1, 2), (J * wh[:, None]) @ J.transpose(1, 2)], 1)
+        damp = Hs.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None] * eye5 + 1e-12 * eye5
+        Hd = Hs + lam[:, None, None, None] * damp  # B x 2 x 5 x 5
+        steps = -torch.linalg.solve_ex(Hd, g[:, None].expand(-1, 2, -1, -1))[0][..., 0]  # B x 2 x 5
+        steps = torch.nan_to_num(steps)
+        Rc = R[:, None] @ _so3_exp(steps[..., :3])  # B x 2 x 3 x 3
+        tc = t[:, None] + steps[..., 3:4] * b1[:, None] + steps[..., 4:5] * b2[:, None]
+        tc = tc / tc.norm(dim=-1, keepdim=True)
         c_old = cost(r0[:, None])[:, 0]
-        c_new = cost(residuals(Rn[:, None], tn[:, None]))[:, 0]
+        c_cand = cost(residuals(Rc, tc))  # B x 2
+        pick = c_cand.argmin(1)
+        ar = torch.arange(R.shape[0], device=R.device)
+        Rn, tn, c_new, delta = Rc[ar, pick], tc[ar, pick], c_cand[ar, pick], steps[ar, pick]
         better = c_new < c_old
         R = torch.where(better[:, None, None], Rn, R)
         t = torch.where(better[:, None], tn, t)
         lam = torch.where(better, lam * 0.1, lam * 10).clamp(1e-8, 1e4)
         # converged everywhere: the step is at float64 noise, or an accepted step gained less
-        # than ``tol`` of the cost (Gauss-Newton converges quadratically: the next would not)
+        # than ``tol`` of the cost
         done = (delta.abs().amax(-1) < 1e-12) | (better & (c_old - c_new <= tol * c_old.abs()))
         if bool(done.all()):
             break
