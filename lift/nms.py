@@ -20,7 +20,7 @@ _NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 
 
 def scale_space_nms(levels: Sequence[Tuple[float, float, float, torch.Tensor, torch.Tensor]],
-                    conf) -> torch.Tensor:
+                    conf, return_index: bool = False) -> torch.Tensor:
     """Keypoint candidates from a scale space of score maps.
 
     Args:
@@ -44,10 +44,11 @@ def scale_space_nms(levels: Sequence[Tuple[float, float, float, torch.Tensor, to
     Returns:
         ``K x 5`` rows ``(batch index, x, y, sigma, score)`` with (x, y) in pixels of the
         original image (top-left pixel centre = (0, 0)), ordered by level, then batch index,
-        row and column.
+        row and column. With ``return_index``, ``K x 8``: also the level index and the integer
+        peak position ``(column, row)`` in that level's pixels (before refinement).
     """
     if not levels:
-        return torch.zeros((0, 5))
+        return torch.zeros((0, 8 if return_index else 5))
     dtype, device = levels[0][3].dtype, levels[0][3].device
     nlev = len(levels)
     # every level's scores and window maxima in one flat buffer; per-level geometry tables
@@ -140,4 +141,7 @@ def scale_space_nms(levels: Sequence[Tuple[float, float, float, torch.Tensor, to
             lsig = lsig + os_ / conf.scales_per_octave
     xo = (xi.to(dtype) + ox + 0.5) / fx - 0.5  # position in the original image
     yo = (yi.to(dtype) + oy + 0.5) / fy - 0.5
-    return torch.stack([bi.to(dtype), xo, yo, 2.0 ** lsig, score], 1)[keep]
+    cols = [bi.to(dtype), xo, yo, 2.0 ** lsig, score]
+    if return_index:
+        cols += [lev.to(dtype), xi.to(dtype), yi.to(dtype)]
+    return torch.stack(cols, 1)[keep]

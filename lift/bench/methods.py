@@ -56,7 +56,7 @@ class Method:
 METHODS: Dict[str, _Entry] = {}
 
 #: What ``lift-bench`` runs when ``--methods`` is not given.
-DEFAULT_METHODS = ("lift", "sift", "rootsift", "orb", "akaze", "brisk",
+DEFAULT_METHODS = ("lift", "lift+subpix", "sift", "rootsift", "orb", "akaze", "brisk",
                    "sift+vgg", "sift+boost", "sift+teblid")
 
 
@@ -222,7 +222,7 @@ def _probe_image(size: int = 128) -> np.ndarray:
 
 
 @register_method("lift", "LIFT (this library); 'lift:<name>' selects named weights")
-def lift_method(max_keypoints, variant=None, device=None):
+def lift_method(max_keypoints, variant=None, device=None, **knobs):
     import lift
 
     fn = getattr(lift, "detect_and_describe", None)
@@ -231,12 +231,18 @@ def lift_method(max_keypoints, variant=None, device=None):
     model = variant or "default"
 
     def extract(image):
-        return fn(image, max_keypoints=max_keypoints, device=device, model=model)
+        return fn(image, max_keypoints=max_keypoints, device=device, model=model, **knobs)
     try:  # loads the weights once, so a missing file is reported before the run starts
         extract(_probe_image())
     except Exception as exc:  # noqa: BLE001 - any failure makes the method unavailable, with why
         raise MethodUnavailable(f"{type(exc).__name__}: {exc}") from None
     return extract
+
+
+@register_method("lift+subpix", "LIFT with sub-pixel positions from the detector's continuous "
+                 "response (subpixel='response', lift-sfm's setting); 'lift+subpix:<name>' selects weights")
+def lift_subpix_method(max_keypoints, variant=None, device=None):
+    return lift_method(max_keypoints, variant, device, subpixel="response")
 
 
 def time_extraction(extract: Extractor, image: np.ndarray, repeats: int = 5,

@@ -58,8 +58,9 @@ def extract_to_h5(images: Sequence[Tuple[Path, str]], output: Path, max_keypoint
     from ..pipeline import LIFT, LIFTConfig
     from ..sfm.extract import ExtractConf
 
-    # the settings recorded in the file; lift-extract runs the runtime's default scale_nms
-    sig = ExtractConf("lift", max_keypoints, None, model, scale_nms=LIFTConfig.scale_nms).signature()
+    # the settings recorded in the file; lift-extract runs the runtime's defaults
+    sig = ExtractConf("lift", max_keypoints, None, model, scale_nms=LIFTConfig.scale_nms,
+                      subpixel=LIFTConfig.subpixel).signature()
     done = set()
     if output.exists() and not overwrite:
         with h5py.File(output, "r") as f:

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale-nms", type=int, default=1,
                    help="lift: neighbouring scales a keypoint must beat (0, the matching default, "
                         "gives near-duplicate tracks)")
+    g.add_argument("--subpixel", default="response", choices=["response", "quadratic"],
+                   help="lift: sub-pixel positions from the detector's continuous response "
+                        "(precise) or a quadratic fit to its scores (the matching default, faster)")
     g = p.add_argument_group("matching")
     g.add_argument("--pairs", default="exhaustive", help="exhaustive | sequential:K | an hloc pairs file")
     g.add_argument("--matcher", default="mnn", choices=["mnn", "ratio", "mnn_ratio"])
@@ -86,7 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         threshold = args.verify_threshold or (1.0 if args.verifier == "lift" else 4.0)
         conf = SfMConfig(
             extract=ExtractConf(args.extractor, args.max_keypoints, args.resize_max, args.model,
-                                args.device, args.num_workers, args.scale_nms),
+                                args.device, args.num_workers, args.scale_nms, args.subpixel),
             pairs=args.pairs,
             match=MatchConf(args.matcher, args.ratio, args.device),
             verify=VerifyConf(args.verifier, threshold, device=args.device),

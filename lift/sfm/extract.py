@@ -72,6 +72,10 @@ class ExtractConf:
             (0) keeps keypoints of one location at adjacent scales; in SfM they become
             near-duplicate tracks, and castle-P19 reconstructed broken with them (camera centre
             error 7.7 m against 0.24 m with 1; ``tools/bench_sfm.py``, ``BENCHMARKS.md``).
+        subpixel: the ``lift`` extractor's :class:`lift.LIFTConfig` ``subpixel`` ["response"]:
+            keypoint positions from the detector's continuous response, more precise than the
+            matching default's quadratic fit at a few percent of the extraction time
+            (``tools/bench_sfm.py``; ``BENCHMARKS.md``).
     """
 
     extractor: str = "lift"
@@ -81,6 +85,7 @@ class ExtractConf:
     device: Optional[str] = None
     num_workers: int = 2
     scale_nms: int = 1
+    subpixel: str = "response"
 
     def signature(self) -> Dict[str, object]:
         """The settings that determine the features (not ``device`` or ``num_workers``), as
@@ -90,7 +95,7 @@ class ExtractConf:
                                   "resize_max": None if self.resize_max is None else int(self.resize_max)}
         if self.extractor == "lift":
             sig.update(model=str(self.model), weights_sha1=_weights_sha1(self.model),
-                       scale_nms=int(self.scale_nms))
+                       scale_nms=int(self.scale_nms), subpixel=str(self.subpixel))
         return sig
 
 
@@ -124,7 +129,7 @@ def build_extractor(conf: ExtractConf) -> Extractor:
 def _lift(conf: ExtractConf) -> Extractor:
     from ..pipeline import LIFT
 
-    model = LIFT(conf.model, device=conf.device, scale_nms=conf.scale_nms,
+    model = LIFT(conf.model, device=conf.device, scale_nms=conf.scale_nms, subpixel=conf.subpixel,
                  max_keypoints=conf.max_keypoints if conf.max_keypoints > 0 else None)
     return model.extract
 
@@ -357,10 +362,12 @@ def _cli(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--scale-nms", type=int, default=1, help="lift: neighbouring scales a keypoint must beat")
+    parser.add_argument("--subpixel", default="response", choices=["response", "quadratic"],
+                        help="lift: sub-pixel positions from the continuous detector response or a quadratic fit")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     conf = ExtractConf(args.extractor, args.max_keypoints, args.resize_max, args.model, args.device,
-                       args.num_workers, args.scale_nms)
+                       args.num_workers, args.scale_nms, args.subpixel)
     try:
         out = main(args.image_dir, args.output, conf, overwrite=args.overwrite)
     except (StaleFeaturesError, FileNotFoundError) as err:
