@@ -8,7 +8,7 @@ this script only concatenates them in a fixed order, so that no figure is typed 
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["speed", "patches", "matching", "ransac", "sfm"]
+ORDER = ["speed", "patches", "localisation", "matching", "ransac", "sfm"]
 HEADER = """# Benchmarks
 
 Every figure below was produced by the command printed with it, on the machine and date given
