@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--class-weight", type=float, default=1.0, help="det/joint classification")
     g.add_argument("--pair-weight", type=float, default=1.0, help="det pair loss")
     g.add_argument("--det-crop", type=int, default=3, help="central detector window, +- cells")
+    g.add_argument("--loc-weight", type=float, default=0.0,
+                   help="det: weight of the localisation-covariance term (P1's sharp soft-argmax, "
+                        "turned into P2's frame, must land on P2's)")
+    g.add_argument("--loc-beta", type=float, default=30.0, help="det: soft-argmax strength of that term")
     g.add_argument("--scale-weight", type=float, default=0.0,
                    help="det/joint scale-selection hinge (0 = LIFT's original losses)")
     g.add_argument("--export", default=None, help="also write the weights to this path")
@@ -120,14 +124,16 @@ def train(args: argparse.Namespace) -> Path:
                        angle_weight=args.angle_weight, pair_weight=args.pair_weight,
                        class_weight=args.class_weight,
                        equivariance_weight=args.equivariance_weight,
-                       scale_weight=args.scale_weight, rot90=args.rot90)
+                       scale_weight=args.scale_weight, rot90=args.rot90,
+                       loc_weight=args.loc_weight, loc_beta=args.loc_beta)
     extra = {"data": [Path(d).name for d in args.data], "init": args.init and Path(args.init).name,
              "fresh": list(args.fresh),
              "options": {k: getattr(args, k) for k in ("margin", "jitter_xy", "jitter_scale",
                                                        "jitter_ori", "angle_weight", "equivariance_weight",
                                                        "class_weight",
                                                        "pair_weight", "det_crop",
-                                                       "scale_weight", "rot90")}}
+                                                       "scale_weight", "rot90", "loc_weight",
+                                                       "loc_beta")}}
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       lr_end=args.lr_end, weight_decay=args.weight_decay, seed=args.seed,
                       ckpt_every=args.ckpt_every, val_every=args.val_every,

@@ -70,6 +70,10 @@ class Stage(nn.Module):
             LIFT trains the detector at the keypoint's own scale only, which leaves the
             runtime's arg-max over scales unconstrained; this hinge makes the response at the
             keypoint peak at its (SIFT, hence covariant) scale.
+        loc_weight, loc_beta: ``det`` stage: weight of the localisation-covariance term
+            (:meth:`Stage.loc_loss`) and the soft-argmax strength it uses (sharper than
+            ``beta``: it stands for the runtime's arg-max). An addition to LIFT, whose pair loss
+            constrains the location only through the descriptor distance.
     """
 
     name = "base"
@@ -80,7 +84,7 @@ class Stage(nn.Module):
                  det_crop: int = 3, beta: float = 10.0, angle_weight: float = 0.5,
                  pair_weight: float = 1.0, class_weight: float = 1.0,
                  equivariance_weight: float = 0.0, scale_weight: float = 0.0,
-                 rot90: bool = False):
+                 rot90: bool = False, loc_weight: float = 0.0, loc_beta: float = 30.0):
         super().__init__()
         self.model, self.geom = model, geom
         self.jitter_xy, self.jitter_scale, self.jitter_ori = jitter_xy, jitter_scale, jitter_ori
@@ -88,6 +92,7 @@ class Stage(nn.Module):
         self.angle_weight, self.equivariance_weight = angle_weight, equivariance_weight
         self.pair_weight, self.class_weight = pair_weight, class_weight
         self.scale_weight, self.rot90 = scale_weight, bool(rot90)
+        self.loc_weight, self.loc_beta = float(loc_weight), float(loc_beta)
         for net in ("detector", "orientation", "descriptor"):
             getattr(model, net).requires_grad_(net in self.trains)
         self.train()  # frozen networks (and their batch-norm statistics) stay in eval mode
@@ -135,9 +140,10 @@ class Stage(nn.Module):
         ang = torch.atan2(cs[:, 1], cs[:, 0])
         return ang if frame is None else ang + frame
 
-    def detect(self, patches: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def detect(self, patches: torch.Tensor, loc_beta: Optional[float] = None):
         """Patch scores ``N`` and soft-argmax offsets ``N x 2`` (stored-patch pixels from the
-        centre) of ``N x 1 x S x S`` stored patches."""
+        centre) of ``N x 1 x S x S`` stored patches; with ``loc_beta`` also the soft-argmax
+        offsets at that (sharper) strength, as a third output."""
         det = self.model.detector
         inp = detector_input(patches, self.geom, det.px_per_sigma)
         smap = det(inp)[:, 0]
@@ -146,7 +152,10 @@ class Stage(nn.Module):
         window = smap[:, sl, sl]
         score = soft_max_score(window, self.beta)
         xy = soft_argmax(window, self.beta)
-        return score, origin + xy * cell - self.geom.centre
+        if loc_beta is None:
+            return score, origin + xy * cell - self.geom.centre
+        sharp = soft_argmax(window, loc_beta)
+        return score, origin + xy * cell - self.geom.centre, origin + sharp * cell - self.geom.centre
 
     def scale_loss(self, patches: torch.Tensor,
                    mults: Tuple[float, ...] = (2 ** -0.5, 2 ** -0.25, 2 ** 0.25, 2 ** 0.5)
@@ -191,17 +200,35 @@ class Stage(nn.Module):
         p = batch["patches"]
         b, k = p.shape[:2]
         x = p.transpose(0, 1).reshape(b * k, *p.shape[2:])
+        if self.rot90 and self.loc_weight > 0:
+            raise ValueError("the localisation term compares P1 and P2 in their stored frames; "
+                             "it cannot be combined with rot90")
         if self.rot90 and gen is not None:  # exact quarter-turns about the patch centre
             turns = torch.randint(0, 4, (len(x),), generator=gen)
             x = x.clone()
             for t in range(1, 4):
                 sel = turns == t
                 x[sel] = torch.rot90(x[sel], t, dims=(-2, -1))
-        score, off = self.detect(x)
+        if self.loc_weight > 0:
+            score, off, self._loc_off = self.detect(x, self.loc_beta)
+        else:
+            score, off = self.detect(x)
         is_kp = torch.ones(b * k, dtype=torch.bool)
         if k > 3:
             is_kp[3 * b:] = False
         return x, b, score, off, is_kp, classification_loss(score, is_kp)
+
+    def loc_loss(self, batch, b: int) -> torch.Tensor:
+        """Localisation covariance: the sharp soft-argmax offset of P1, turned by the relative
+        orientation of the two views (exact for synthetic warps, SIFT's estimate for SfM
+        tracks), must land on P2's; Charbonnier of the distance in sigma units. Uses the
+        offsets of the last :meth:`classify` call."""
+        o1, o2 = self._loc_off[:b], self._loc_off[b:2 * b]
+        d = batch["keypoints"][:, 1, 3] - batch["keypoints"][:, 0, 3]
+        c, s = torch.cos(d).to(o1), torch.sin(d).to(o1)
+        r = torch.stack([c * o1[:, 0] - s * o1[:, 1], s * o1[:, 0] + c * o1[:, 1]], 1)
+        e = (r - o2).square().sum(1) / self.geom.sigma ** 2
+        return (e + 1e-2).sqrt().mean()
 
     def chain(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Full inference chain on ``N x 1 x S x S``: detector location -> orientation ->
@@ -266,9 +293,14 @@ class DetectorStage(Stage):
         d = self.describe(pyr, off[:2 * b], ori)
         pair = descriptor_pair_distance(d[:b], d[b:]).mean()
         loss = self.class_weight * cls + self.pair_weight * pair
-        out = {"cls": cls.detach(), "pair": pair.detach(),
+        out = {}
+        if self.loc_weight > 0:
+            loc = self.loc_loss(batch, b)
+            loss = loss + self.loc_weight * loc
+            out["loc"] = loc.detach()
+        out.update({"cls": cls.detach(), "pair": pair.detach(),
                "score_kp": score[is_kp].mean().detach(),
-               "score_neg": score[~is_kp].mean().detach() if k > 3 else score.new_zeros(())}
+               "score_neg": score[~is_kp].mean().detach() if k > 3 else score.new_zeros(())})
         return self._finish(loss, out, x[is_kp])
 
 
