@@ -63,9 +63,9 @@ class LIFTConfig:
             vertex of a quadratic fit to the 3 x 3 scores (:func:`lift.nms.scale_space_nms`),
             or ``"response"``, the maximum of the detector's score evaluated between the pixels
             (:func:`lift.subpixel.refine_on_response`): more precise (``lift+subpix`` in
-            ``BENCHMARKS.md``: synthetic-warp MMA@1 / @3 34.8 / 45.4 % -> 37.7 / 47.1 %, boat +
-            iguazu unchanged) and 7-10 % slower per 640 x 480 image at 2048 keypoints; lift-sfm
-            uses it ["quadratic"].
+            ``BENCHMARKS.md``: synthetic-warp MMA@1 / @3 34.8 / 45.4 % -> 37.7 / 47.0 %, boat +
+            iguazu MMA@3 65.4 -> 65.0 %) and about 7 % slower per 640 x 480 image at 2048
+            keypoints (``tools/bench_speed.py``); lift-sfm uses it ["quadratic"].
         upright: skip the orientation network, all orientations 0 [False].
         patch_batch: patches per network call, bounds memory [4096].
         tile_rows: the detector runs on horizontal stripes of at most this many rows of a
@@ -317,7 +317,8 @@ class LIFT(nn.Module):
         bsz, _, h, w = batch.shape
         min_side = det.kernel_size + 2 * max(conf.nms_radius, 1) + 2
         levels = []  # (sigma, fx, fy, scores B x h x w, pooled B x h x w)
-        level_images = []  # the B x 1 x h x w image of each level (sub-pixel refinement)
+        on_response = conf.refine and conf.subpixel == "response"
+        level_images = []  # with on_response: the B x 1 x h x w image of each level
         images = []  # resized images of the levels so far: (factor, image)
         for sigma in conf.sigmas():
             f = det.px_per_sigma / sigma
@@ -342,11 +343,11 @@ class LIFT(nn.Module):
             r = conf.nms_radius
             pooled = max_filter(s, r)
             levels.append((sigma, lw / w, lh / h, s, pooled))
-            level_images.append(img)
+            if on_response:
+                level_images.append(img)
         empty = [(batch.new_zeros((0, 2)), batch.new_zeros(0), batch.new_zeros(0))] * bsz
         if not levels:
             return empty
-        on_response = conf.refine and conf.subpixel == "response"
         cand = scale_space_nms(levels, conf, return_index=on_response)
         if len(cand) == 0:
             return empty
