@@ -263,12 +263,14 @@ def run(sets: Dict[str, list], fns: Dict[str, Callable]) -> Dict[str, Dict[str, 
 
 
 def write_report(path: Path, results, command: str, machine: str, wall: float, model: str) -> Path:
+    defaults = RansacFlow(model=None)  # the settings "ours" runs with (the fine net aside)
     lines = ["# Dense alignment benchmark (RANSAC-Flow)", "",
              f"- date: {datetime.now().isoformat(timespec='seconds')}",
              f"- machine: {machine}", f"- command: `{command}`", f"- wall time: {wall:.0f} s",
              f"- fine-network weights: `{model}`; ours = `correspondence.ransac_flow.RansacFlow` "
-             "defaults (coarse size 256, 5 source scales, fine size 512, up to 3 homographies, "
-             "matchability threshold 0.95).",
+             f"defaults (coarse size {defaults.coarse_size}, {len(defaults.scales)} source scales, "
+             f"fine size {defaults.fine_size}, up to {defaults.max_homographies} homographies, "
+             f"matchability threshold {defaults.th:g}).",
              "- metrics on valid ground-truth pixels, averaged over pairs; time = median s per "
              "pair, 2 threads. Protocol: module docstring of `tools/bench_flow.py`.", ""]
     for set_name, res in results.items():

@@ -111,7 +111,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument("--model", default="default", help="fine-network weights (name or path)")
     parser.add_argument("--coarse-only", action="store_true", help="homographies only")
     parser.add_argument("--max-homographies", type=int, default=3)
-    parser.add_argument("--fine-size", type=int, default=512)
+    parser.add_argument("--fine-size", type=int, default=1024,
+                        help="long side of the fine network's working resolution")
     parser.add_argument("--coarse-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--device", default=None)
