@@ -1,9 +1,12 @@
 """Console scripts: lift-extract writes hloc's layout; lift-match draws a picture."""
+import json
+
 import cv2
 import h5py
 import numpy as np
 import pytest
 
+from lift import LIFT
 from lift.cli import extract, match
 from lift.h5io import list_feature_names, read_features
 
@@ -54,6 +57,16 @@ def test_extract_writes_hloc_layout_and_skips_existing(tmp_path, weights, photo,
     assert rc == 0
     with h5py.File(out, "r") as f:
         assert list_feature_names(f) == ["a.png"] and f["a.png/keypoints"].shape == (100, 2)
+    # lift-sfm's extraction settings, recorded as such
+    rc = extract.main([str(d / "a.png"), "--output", str(out), "--model", str(weights), "--quiet",
+                       "--max-keypoints", "100", "--overwrite", "--scale-nms", "1", "--subpixel", "response"])
+    assert rc == 0
+    with h5py.File(out, "r") as f:
+        conf = json.loads(f.attrs["extract_conf"])
+        assert conf["scale_nms"] == 1 and conf["subpixel"] == "response"
+        kp1 = f["a.png/keypoints"][()]
+    np.testing.assert_allclose(kp1, LIFT(str(weights), max_keypoints=100, scale_nms=1,
+                                         subpixel="response").extract(photo).keypoints, atol=1e-4)
 
 
 def test_extract_usage_errors(tmp_path, weights):

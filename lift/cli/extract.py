@@ -3,6 +3,7 @@
 Example::
 
     lift-extract images/ --output features.h5 --max-keypoints 2048
+    lift-extract images/ --output features.h5 --scale-nms 1 --subpixel response   # for SfM
 
 Images that are already in the output are skipped unless ``--overwrite``; an output extracted
 with other settings (``--max-keypoints``, ``--model`` or the weights' content; the file's
@@ -47,9 +48,12 @@ def find_images(inputs: Sequence[str]) -> List[Tuple[Path, str]]:
 
 def extract_to_h5(images: Sequence[Tuple[Path, str]], output: Path, max_keypoints: int = 2048,
                   device: Optional[str] = None, model: str = "default", overwrite: bool = False,
-                  progress: bool = True) -> Tuple[Path, List[Tuple[str, str]]]:
+                  progress: bool = True, scale_nms: Optional[int] = None,
+                  subpixel: Optional[str] = None) -> Tuple[Path, List[Tuple[str, str]]]:
     """Extract features for ``(path, name)`` images into ``output``. Returns the output path
-    and the list of ``(name, error)`` for images that failed.
+    and the list of ``(name, error)`` for images that failed. ``scale_nms`` / ``subpixel``:
+    :class:`lift.LIFTConfig` knobs (None: the runtime's defaults, tuned for matching; lift-sfm
+    uses 1 / "response").
 
     Raises:
         lift.h5io.StaleFeaturesError: ``output`` holds features extracted with other settings
@@ -58,15 +62,17 @@ def extract_to_h5(images: Sequence[Tuple[Path, str]], output: Path, max_keypoint
     from ..pipeline import LIFT, LIFTConfig
     from ..sfm.extract import ExtractConf
 
-    # the settings recorded in the file; lift-extract runs the runtime's defaults
-    sig = ExtractConf("lift", max_keypoints, None, model, scale_nms=LIFTConfig.scale_nms,
-                      subpixel=LIFTConfig.subpixel).signature()
+    scale_nms = LIFTConfig.scale_nms if scale_nms is None else int(scale_nms)
+    subpixel = LIFTConfig.subpixel if subpixel is None else subpixel
+    # the settings recorded in the file
+    sig = ExtractConf("lift", max_keypoints, None, model, scale_nms=scale_nms, subpixel=subpixel).signature()
     done = set()
     if output.exists() and not overwrite:
         with h5py.File(output, "r") as f:
             check_extract_conf(f, sig, output)
             done = {name for _, name in images if name in f and "keypoints" in f[name]}
-    extractor = LIFT(model, device=device, max_keypoints=max_keypoints if max_keypoints > 0 else None)
+    extractor = LIFT(model, device=device, max_keypoints=max_keypoints if max_keypoints > 0 else None,
+                     scale_nms=scale_nms, subpixel=subpixel)
     todo = [(p, n) for p, n in images if n not in done]
     failed = []
     with atomic_h5(output, keep_existing=not overwrite) as f:
@@ -88,6 +94,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max-keypoints", type=int, default=2048, help="<= 0 keeps all")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
     parser.add_argument("--model", default="default", help="shipped weights name or a .pt path")
+    parser.add_argument("--scale-nms", type=int, default=None,
+                        help="neighbouring scales a keypoint must beat (default 0, for matching; "
+                             "1 as lift-sfm: one keypoint per blob, for SfM)")
+    parser.add_argument("--subpixel", default=None, choices=["quadratic", "response"],
+                        help="sub-pixel positions: quadratic fit (default) or the detector's "
+                             "continuous response (more precise, ~7 %% slower; lift-sfm's setting)")
     parser.add_argument("--overwrite", action="store_true", help="recompute images already in the output")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -101,7 +113,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         out, failed = extract_to_h5(images, args.output, args.max_keypoints, args.device,
-                                    args.model, args.overwrite, not args.quiet)
+                                    args.model, args.overwrite, not args.quiet, args.scale_nms,
+                                    args.subpixel)
     except (FileNotFoundError, ValueError) as err:
         print(f"lift-extract: {err}", file=sys.stderr)
         return 2
