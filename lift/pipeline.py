@@ -64,7 +64,7 @@ class LIFTConfig:
             or ``"response"``, the maximum of the detector's score evaluated between the pixels
             (:func:`lift.subpixel.refine_on_response`): more precise (``lift+subpix`` in
             ``BENCHMARKS.md``: synthetic-warp MMA@1 / @3 34.8 / 45.4 % -> 37.7 / 47.0 %, boat +
-            iguazu MMA@3 65.4 -> 65.0 %) and about 7 % slower per 640 x 480 image at 2048
+            iguazu MMA@3 65.4 -> 65.0 %) and 3-7 % slower per 640 x 480 image at 2048
             keypoints (``tools/bench_speed.py``); lift-sfm uses it ["quadratic"].
         upright: skip the orientation network, all orientations 0 [False].
         patch_batch: patches per network call, bounds memory [4096].

@@ -13,7 +13,7 @@ Measured with the shipped weights by ``tools/bench_localisation.py`` (``BENCHMAR
 median distance of a keypoint to its re-detection after a known warp of held-out photos falls
 from 0.18 to 0.13 px for a (0.5, 0.25) px shift, 0.28 to 0.20 px for a 2^0.5 zoom and 0.21 to
 0.19 px for a 10 degree rotation (OpenCV SIFT: 0.07, 0.18, 0.09 px). The cost is one batched
-13 x 13 convolution on a 17 x 17 window per kept keypoint plus the interpolation: about 7 % of
+13 x 13 convolution on a 17 x 17 window per kept keypoint plus the interpolation: 3-7 % of
 ``detect_and_describe``'s time at 2048 keypoints on a 640 x 480 image.
 """
 from __future__ import annotations

@@ -99,7 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "1 as lift-sfm: one keypoint per blob, for SfM)")
     parser.add_argument("--subpixel", default=None, choices=["quadratic", "response"],
                         help="sub-pixel positions: quadratic fit (default) or the detector's "
-                             "continuous response (more precise, ~7 %% slower; lift-sfm's setting)")
+                             "continuous response (more precise, 3-7 %% slower; lift-sfm's setting)")
     parser.add_argument("--overwrite", action="store_true", help="recompute images already in the output")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
