@@ -437,3 +437,5 @@ def test_second_hypothesis_recovers_pose_the_kept_matches_miss():
     from correspondence.ransac import estimate_relative_pose
     Rk, tk, _ = estimate_relative_pose(kk0[:1], kk1[:1], K, K, mask=keep[:1], weights=w[:1], **kw)
     assert max(rotation_error_deg(Rk[0].numpy(), true["R"]), translation_error_deg(tk[0].numpy(), true["t"])) > 5.0
+    with pytest.raises(ValueError, match="second_floor"):
+        relative_pose_cne(k0, k1, true["K"], true["K"], second_hypothesis=True, second_floor=-1.0)

@@ -196,7 +196,7 @@ def write_report(path: Path, command: str, machine: str, elapsed: float, rows: L
              "interleaved rounds).",
              "- CNe + RANSAC: `relative_pose_cne(method=\"cne+ransac\")`, our RANSAC on the matches the network "
              "keeps, sampled by its weights; \"second hypothesis\": `second_hypothesis=True`, the same batched call "
-             "also solves each pair on all its matches (sampled by weight + 1e-3) and the pose with the higher MSAC "
+             "also solves each pair on all its matches (sampled by weight + `second_floor`, default 0.1) and the pose with the higher MSAC "
              "score on all matches is returned.", ""]
     for s in sets:
         lines += [f"## {s}", "", "| method | mAP@5 | mAP@10 | mAP@20 | AUC@5 | AUC@10 | AUC@20 | median err (deg) "
