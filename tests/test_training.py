@@ -238,7 +238,7 @@ def test_rot90_augmentation_turns_each_patch_about_its_centre(tiny_h5):
     batch = collate([tr[i] for i in range(6)])
     torch.manual_seed(0)
     stage = make_stage("det", LIFTModel(), PatchGeometry(128, 12.0), rot90=True)
-    x, b, score, off, is_kp, cls = stage.classify(batch, torch.Generator().manual_seed(5))
+    x, b, score, off, is_kp, cls, _ = stage.classify(batch, torch.Generator().manual_seed(5))
     turns = torch.randint(0, 4, (len(x),), generator=torch.Generator().manual_seed(5))
     plain = batch["patches"].transpose(0, 1).reshape(len(x), 1, 128, 128)
     assert (turns > 0).any()

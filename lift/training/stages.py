@@ -195,7 +195,8 @@ class Stage(nn.Module):
     def classify(self, batch, gen: Optional[torch.Generator] = None):
         """Detector on all K patches of the batch. Returns ``x`` (``K B x 1 x S x S``, rows P1
         of every item, then P2, P3, P4), ``B``, patch scores and soft-argmax offsets (``K B``),
-        the keypoint mask (P4 rows False) and the classification loss. With ``rot90`` each
+        the keypoint mask (P4 rows False), the classification loss and, when ``loc_weight`` > 0,
+        the sharp soft-argmax offsets of :meth:`loc_loss` (else None). With ``rot90`` each
         patch is first turned by a random multiple of 90 degrees (drawn from ``gen``)."""
         p = batch["patches"]
         b, k = p.shape[:2]
@@ -209,21 +210,23 @@ class Stage(nn.Module):
             for t in range(1, 4):
                 sel = turns == t
                 x[sel] = torch.rot90(x[sel], t, dims=(-2, -1))
+        loc_off = None
         if self.loc_weight > 0:
-            score, off, self._loc_off = self.detect(x, self.loc_beta)
+            score, off, loc_off = self.detect(x, self.loc_beta)
         else:
             score, off = self.detect(x)
         is_kp = torch.ones(b * k, dtype=torch.bool)
         if k > 3:
             is_kp[3 * b:] = False
-        return x, b, score, off, is_kp, classification_loss(score, is_kp)
+        return x, b, score, off, is_kp, classification_loss(score, is_kp), loc_off
 
-    def loc_loss(self, batch, b: int) -> torch.Tensor:
+    def loc_loss(self, batch, loc_off: torch.Tensor) -> torch.Tensor:
         """Localisation covariance: the sharp soft-argmax offset of P1, turned by the relative
         orientation of the two views (exact for synthetic warps, SIFT's estimate for SfM
-        tracks), must land on P2's; Charbonnier of the distance in sigma units. Uses the
-        offsets of the last :meth:`classify` call."""
-        o1, o2 = self._loc_off[:b], self._loc_off[b:2 * b]
+        tracks), must land on P2's; Charbonnier of the distance in sigma units. ``loc_off``:
+        the offsets :meth:`classify` returns (rows P1 of every item, then P2, ...)."""
+        b = batch["keypoints"].shape[0]
+        o1, o2 = loc_off[:b], loc_off[b:2 * b]
         d = batch["keypoints"][:, 1, 3] - batch["keypoints"][:, 0, 3]
         c, s = torch.cos(d).to(o1), torch.sin(d).to(o1)
         r = torch.stack([c * o1[:, 0] - s * o1[:, 1], s * o1[:, 0] + c * o1[:, 1]], 1)
@@ -285,7 +288,7 @@ class DetectorStage(Stage):
     name, trains = "det", ("detector",)
 
     def forward(self, batch, gen=None):
-        x, b, score, off, is_kp, cls = self.classify(batch, gen)
+        x, b, score, off, is_kp, cls, loc_off = self.classify(batch, gen)
         k = len(x) // b
         pairs = x[:2 * b]
         pyr = self.pyramid(pairs)
@@ -295,7 +298,7 @@ class DetectorStage(Stage):
         loss = self.class_weight * cls + self.pair_weight * pair
         out = {}
         if self.loc_weight > 0:
-            loc = self.loc_loss(batch, b)
+            loc = self.loc_loss(batch, loc_off)
             loss = loss + self.loc_weight * loc
             out["loc"] = loc.detach()
         out.update({"cls": cls.detach(), "pair": pair.detach(),
@@ -308,7 +311,7 @@ class JointStage(Stage):
     name, trains = "joint", ("detector", "descriptor")
 
     def forward(self, batch, gen=None):
-        x, b, score, off, is_kp, cls = self.classify(batch, gen)
+        x, b, score, off, is_kp, cls, _ = self.classify(batch, gen)
         pairs = x[:2 * b]
         pyr = self.pyramid(pairs)
         ori = self.orient(pyr, off[:2 * b]).detach()
