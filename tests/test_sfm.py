@@ -15,6 +15,7 @@ from correspondence import match_descriptors  # noqa: E402
 from lift import Features  # noqa: E402
 from lift.cli.sfm import main as sfm_main  # noqa: E402
 from lift.colmap import CameraSpec, camera_poses, read_database, read_model  # noqa: E402
+from lift.h5io import read_extract_conf  # noqa: E402
 from lift.sfm import ExtractConf, MatchConf, SfMConfig, run  # noqa: E402
 from lift.sfm import extract, match, pairs  # noqa: E402
 from lift.sfm.evaluate import pose_errors  # noqa: E402
@@ -91,7 +92,7 @@ def test_rerun_with_changed_settings_recomputes_from_that_step(reconstruction, s
     out = tmp_path / "sfm"
     shutil.copytree(result.output_dir, out)
     with h5py.File(out / "features.h5", "r") as f:
-        assert extract.read_signature(f) == conf.extract.signature()
+        assert read_extract_conf(f) == conf.extract.signature()
     # fewer keypoints: the old features must not be reused (they were, before the record)
     fewer = SfMConfig(extract=ExtractConf("sift", max_keypoints=300, num_workers=1), camera=conf.camera)
     again = run(scene[0], out, fewer, progress=False)
@@ -126,7 +127,7 @@ def test_extract_refuses_to_mix_settings_in_one_file(scene, tmp_path):
     extract.extract(items, out, other, overwrite=True, progress=False)
     extract.merge_parts(out, 1, keep_existing=False)
     with h5py.File(out, "r") as f:
-        assert extract.read_signature(f)["max_keypoints"] == 200 and len(f["view_01.png"]["keypoints"]) <= 200
+        assert read_extract_conf(f)["max_keypoints"] == 200 and len(f["view_01.png"]["keypoints"]) <= 200
     # lift: the weights' content is part of the settings
     sig = ExtractConf("lift").signature()
     assert sig["scale_nms"] == 1 and len(sig["weights_sha1"]) == 40

@@ -43,14 +43,11 @@ from tqdm import tqdm
 
 from ..features import Features
 from ..h5io import (EXTRACT_CONF_ATTR, StaleFeaturesError, atomic_h5, check_extract_conf,
-                    list_feature_names, read_extract_conf, write_features)
+                    list_feature_names, write_features)
 from ..image import ImageError, load_image
 
 __all__ = ["ExtractConf", "EXTRACTORS", "register_extractor", "build_extractor", "ImageDataset",
-           "StaleFeaturesError", "extract", "merge_parts", "read_failures", "read_signature", "main"]
-
-#: the extraction settings recorded in a features file (None if none): :func:`lift.h5io.read_extract_conf`
-read_signature = read_extract_conf
+           "StaleFeaturesError", "extract", "merge_parts", "read_failures", "main"]
 
 Extractor = Callable[[np.ndarray], Features]
 

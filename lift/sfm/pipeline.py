@@ -31,7 +31,7 @@ import h5py
 from ..cli.extract import find_images
 from ..colmap.compat import ModelStats, model_stats, read_model
 from ..colmap.database import CameraSpec
-from ..h5io import list_feature_names
+from ..h5io import list_feature_names, read_extract_conf
 from . import extract, match, pairs, reconstruct, verify
 from .errors import SfMError
 
@@ -114,7 +114,7 @@ def _features_signature(path: Path) -> Optional[dict]:
         return None
     try:
         with h5py.File(path, "r") as f:
-            return extract.read_signature(f)
+            return read_extract_conf(f)
     except OSError:
         return None  # unreadable: extraction reports it
 
@@ -161,14 +161,16 @@ def run(image_dir: Path, output_dir: Path, conf: SfMConfig = SfMConfig(), overwr
     def changed(stage: str, exists: bool, old: Optional[dict] = None) -> bool:
         """The output of ``stage`` exists but was made with other settings (notice printed);
         ``old``: the settings it was made with, if known from elsewhere than the record."""
-        if old is None and recorded is not None:
-            old = recorded.get(stage, "not recorded")
-        if not exists or old is None:  # no record: first run, older version, foreign files
+        if not exists:
             return False
+        if old is None:
+            if recorded is None:  # no record: first run, older version, foreign files
+                return False
+            old = recorded.get(stage)  # None: the record misses this step
         if old == settings[stage]:
             return False
         if rank == 0:
-            why = old if isinstance(old, str) else _changes(old, settings[stage])
+            why = "not recorded" if old is None else _changes(old, settings[stage])
             print(f"lift-sfm: {stage} settings changed ({why}); recomputing {stage} and the "
                   "steps after it", file=sys.stderr)
         return True
