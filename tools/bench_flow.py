@@ -33,6 +33,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle OpenMP threads sleep
 
 import argparse  # noqa: E402
+import inspect  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -263,14 +264,15 @@ def run(sets: Dict[str, list], fns: Dict[str, Callable]) -> Dict[str, Dict[str, 
 
 
 def write_report(path: Path, results, command: str, machine: str, wall: float, model: str) -> Path:
-    defaults = RansacFlow(model=None)  # the settings "ours" runs with (the fine net aside)
+    # the settings "ours" runs with: RansacFlow's defaults (read without loading any network)
+    defaults = {k: v.default for k, v in inspect.signature(RansacFlow).parameters.items()}
     lines = ["# Dense alignment benchmark (RANSAC-Flow)", "",
              f"- date: {datetime.now().isoformat(timespec='seconds')}",
              f"- machine: {machine}", f"- command: `{command}`", f"- wall time: {wall:.0f} s",
              f"- fine-network weights: `{model}`; ours = `correspondence.ransac_flow.RansacFlow` "
-             f"defaults (coarse size {defaults.coarse_size}, {len(defaults.scales)} source scales, "
-             f"fine size {defaults.fine_size}, up to {defaults.max_homographies} homographies, "
-             f"matchability threshold {defaults.th:g}).",
+             f"defaults (coarse size {defaults['coarse_size']}, {len(defaults['scales'])} source scales, "
+             f"fine size {defaults['fine_size']}, up to {defaults['max_homographies']} homographies, "
+             f"matchability threshold {defaults['matchability_threshold']:g}).",
              "- metrics on valid ground-truth pixels, averaged over pairs; time = median s per "
              "pair, 2 threads. Protocol: module docstring of `tools/bench_flow.py`.", ""]
     for set_name, res in results.items():
