@@ -39,7 +39,8 @@ EXTRACT_CONF_ATTR = "extract_conf"
 
 
 class StaleFeaturesError(ValueError):
-    """An existing features file was extracted with other settings than the requested ones."""
+    """An existing features file cannot be resumed: it was extracted with other settings than
+    the requested ones, or it is not a readable HDF5 file."""
 
 
 def read_extract_conf(f: h5py.File) -> Optional[dict]:

@@ -89,3 +89,57 @@ def test_match_on_builtin_pair(tmp_path, weights, capsys):
 
 def test_match_reports_bad_files(tmp_path, weights):
     assert match.main([str(tmp_path / "x.png"), str(tmp_path / "y.png"), "--model", str(weights)]) == 2
+
+
+def test_extract_resumes_an_interrupted_run(tmp_path, weights, photo, monkeypatch):
+    """lift-extract shares lift-sfm's resumable path: images already in the part file of an
+    interrupted run are not extracted again, and the part is merged and removed."""
+    from lift.sfm import extract as sfm_extract
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(d / f"{i}.png"), np.roll(photo, 7 * i, axis=1))
+    out = tmp_path / "features.h5"
+    conf = sfm_extract.ExtractConf("lift", 200, None, str(weights), None, 0, scale_nms=0, subpixel="quadratic")
+    images = extract.find_images([str(d)])
+    part = sfm_extract.extract(images[:1], out, conf, progress=False)  # the "interrupted" run
+    assert part.exists() and not out.exists()
+    calls = []
+    factory = sfm_extract.EXTRACTORS["lift"]
+
+    def counting(c):
+        run = factory(c)
+        return lambda image: calls.append(1) or run(image)
+    monkeypatch.setitem(sfm_extract.EXTRACTORS, "lift", counting)
+    rc = extract.main([str(d), "--output", str(out), "--model", str(weights), "--max-keypoints", "200",
+                       "--quiet"])
+    assert rc == 0 and len(calls) == 2  # only the two images the interrupted run had not done
+    assert not part.exists()
+    with h5py.File(out, "r") as f:
+        assert list_feature_names(f) == ["0.png", "1.png", "2.png"]
+    np.testing.assert_allclose(read_features(out, "2.png").keypoints,
+                               LIFT(str(weights), max_keypoints=200).extract(
+                                   np.roll(photo, 14, axis=1)).keypoints, atol=1e-4)
+
+
+def test_extract_missing_weights_leaves_no_files(tmp_path, photo, capsys):
+    cv2.imwrite(str(tmp_path / "a.png"), photo)
+    out = tmp_path / "out" / "features.h5"
+    rc = extract.main([str(tmp_path / "a.png"), "--output", str(out), "--model", str(tmp_path / "nope.pt")])
+    assert rc == 2 and "nope.pt" in capsys.readouterr().err
+    assert not out.exists()
+    assert not (out.parent.exists() and any(out.parent.iterdir()))  # no empty part file either
+
+
+def test_extract_refuses_a_corrupt_output(tmp_path, weights, photo, capsys):
+    cv2.imwrite(str(tmp_path / "a.png"), photo)
+    out = tmp_path / "features.h5"
+    out.write_bytes(b"\x89HDF\r\n not an hdf5 file")
+    args = [str(tmp_path / "a.png"), "--output", str(out), "--model", str(weights), "--max-keypoints", "50",
+            "--quiet"]
+    assert extract.main(args) == 2
+    assert "not a readable HDF5" in capsys.readouterr().err
+    assert out.read_bytes().startswith(b"\x89HDF\r\n not")  # left as it was
+    assert extract.main(args + ["--overwrite"]) == 0
+    assert len(read_features(out, "a.png")) == 50

@@ -161,6 +161,15 @@ def test_cli_bad_inputs(tmp_path, capsys, scene):
     assert sfm_main([str(noise), str(tmp_path / "o6"), "--camera-model", "PINHOLE",
                      "--camera-params", "100,100,80", "--extractor", "sift"]) == 2
     assert "4 parameters" in capsys.readouterr().err
+    # a corrupt features.h5 left in the output folder: a clear refusal, --overwrite recovers
+    out7 = tmp_path / "o7"
+    out7.mkdir()
+    (out7 / "features.h5").write_bytes(b"\x89HDF\r\n truncated")
+    args = [str(scene[0]), str(out7), "--extractor", "sift", "--quiet", "--max-keypoints", "256"]
+    assert sfm_main(args) == 2
+    err = capsys.readouterr().err
+    assert "not a readable HDF5" in err and "--overwrite" in err and "Traceback" not in err
+    assert sfm_main(args + ["--overwrite"]) == 0
 
 
 def test_extract_rank_split_merge_and_resume(scene, tmp_path):

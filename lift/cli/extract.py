@@ -8,7 +8,10 @@ Example::
 Images that are already in the output are skipped unless ``--overwrite``; an output extracted
 with other settings (``--max-keypoints``, ``--model`` or the weights' content; the file's
 ``extract_conf`` attribute) is refused with exit status 2 rather than mixed. Unreadable images
-are reported and skipped; the exit status is 1 if any image failed, 2 for usage errors.
+are reported and skipped; the exit status is 1 if any image failed, 2 for usage errors. An
+interrupted run resumes where it stopped (the part file ``features.h5.part-0-of-1`` beside the
+output); this is lift-sfm's extraction path (:mod:`lift.sfm.extract`), with the matching
+defaults of :class:`lift.LIFTConfig` instead of lift-sfm's.
 """
 from __future__ import annotations
 
@@ -18,10 +21,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import h5py
-from tqdm import tqdm
 
-from ..h5io import atomic_h5, check_extract_conf, write_features
-from ..image import IMAGE_EXTENSIONS, ImageError, load_image
+from ..image import IMAGE_EXTENSIONS
 
 __all__ = ["main", "find_images", "extract_to_h5"]
 
@@ -49,41 +50,33 @@ def find_images(inputs: Sequence[str]) -> List[Tuple[Path, str]]:
 def extract_to_h5(images: Sequence[Tuple[Path, str]], output: Path, max_keypoints: int = 2048,
                   device: Optional[str] = None, model: str = "default", overwrite: bool = False,
                   progress: bool = True, scale_nms: Optional[int] = None,
-                  subpixel: Optional[str] = None) -> Tuple[Path, List[Tuple[str, str]]]:
+                  subpixel: Optional[str] = None, num_workers: int = 2) -> Tuple[Path, List[Tuple[str, str]]]:
     """Extract features for ``(path, name)`` images into ``output``. Returns the output path
-    and the list of ``(name, error)`` for images that failed. ``scale_nms`` / ``subpixel``:
-    :class:`lift.LIFTConfig` knobs (None: the runtime's defaults, tuned for matching; lift-sfm
-    uses 1 / "response").
+    and the list of ``(name, error)`` for the given images that failed. ``scale_nms`` /
+    ``subpixel``: :class:`lift.LIFTConfig` knobs (None: the runtime's defaults, tuned for
+    matching; lift-sfm uses 1 / "response").
+
+    The same code path as lift-sfm's extraction (:func:`lift.sfm.extract.extract`): images
+    decoded by ``num_workers`` DataLoader workers, written one complete group at a time to a
+    part file beside ``output`` that an interrupted run resumes, then merged into ``output``
+    atomically.
 
     Raises:
         lift.h5io.StaleFeaturesError: ``output`` holds features extracted with other settings
             (and not ``overwrite``).
     """
-    from ..pipeline import LIFT, LIFTConfig
-    from ..sfm.extract import ExtractConf
+    from ..pipeline import LIFTConfig
+    from ..sfm.extract import ExtractConf, extract, merge_parts, read_failures
 
-    scale_nms = LIFTConfig.scale_nms if scale_nms is None else int(scale_nms)
-    subpixel = LIFTConfig.subpixel if subpixel is None else subpixel
-    # the settings recorded in the file
-    sig = ExtractConf("lift", max_keypoints, None, model, scale_nms=scale_nms, subpixel=subpixel).signature()
-    done = set()
-    if output.exists() and not overwrite:
-        with h5py.File(output, "r") as f:
-            check_extract_conf(f, sig, output)
-            done = {name for _, name in images if name in f and "keypoints" in f[name]}
-    extractor = LIFT(model, device=device, max_keypoints=max_keypoints if max_keypoints > 0 else None,
-                     scale_nms=scale_nms, subpixel=subpixel)
-    todo = [(p, n) for p, n in images if n not in done]
-    failed = []
-    with atomic_h5(output, keep_existing=not overwrite) as f:
-        check_extract_conf(f, sig, output)
-        for path, name in tqdm(todo, desc="lift-extract", unit="img", disable=not progress):
-            try:
-                image = load_image(path)
-            except (ImageError, OSError) as err:
-                failed.append((name, str(err)))
-                continue
-            write_features(f, name, extractor.extract(image))
+    conf = ExtractConf("lift", max_keypoints, None, model, device, num_workers,
+                       scale_nms=LIFTConfig.scale_nms if scale_nms is None else int(scale_nms),
+                       subpixel=LIFTConfig.subpixel if subpixel is None else subpixel)
+    output = Path(output)
+    extract(images, output, conf, overwrite=overwrite, progress=progress)
+    merge_parts(output, 1, keep_existing=not overwrite)
+    names = {n for _, n in images}
+    with h5py.File(output, "r") as f:
+        failed = [(n, e) for n, e in read_failures(f) if n in names]
     return output, failed
 
 
@@ -100,6 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--subpixel", default=None, choices=["quadratic", "response"],
                         help="sub-pixel positions: quadratic fit (default) or the detector's "
                              "continuous response (more precise, 3-7 %% slower; lift-sfm's setting)")
+    parser.add_argument("--num-workers", type=int, default=2, help="image decoding worker processes")
     parser.add_argument("--overwrite", action="store_true", help="recompute images already in the output")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -114,7 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         out, failed = extract_to_h5(images, args.output, args.max_keypoints, args.device,
                                     args.model, args.overwrite, not args.quiet, args.scale_nms,
-                                    args.subpixel)
+                                    args.subpixel, args.num_workers)
     except (FileNotFoundError, ValueError) as err:
         print(f"lift-extract: {err}", file=sys.stderr)
         return 2

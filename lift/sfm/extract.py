@@ -224,9 +224,12 @@ def read_failures(f: h5py.File) -> List[Tuple[str, str]]:
 def _open_part(path: Path) -> h5py.File:
     """Open a part file for appending, dropping incomplete groups; a corrupt file (a killed
     writer) is moved aside and started afresh."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         f = h5py.File(path, "a")
     except OSError:
+        if not path.exists():
+            raise
         path.replace(path.with_name(path.name + ".corrupt"))
         print(f"lift.sfm.extract: {path} was corrupt, moved aside; restarting this part",
               file=sys.stderr)
@@ -252,10 +255,36 @@ def extract(images: Sequence[Tuple[Path, str]], output: Path, conf: ExtractConf 
     done = set()
     sig = conf.signature()
     if output.exists() and not overwrite:
-        with h5py.File(output, "r") as f:
+        try:
+            f = h5py.File(output, "r")
+        except OSError as err:
+            raise StaleFeaturesError(f"{output} is not a readable HDF5 features file ({err}); pass "
+                                     "overwrite (--overwrite) to extract afresh") from None
+        with f:
             check_extract_conf(f, sig, output)
             done = set(list_feature_names(f))
     mine = [item for i, item in enumerate(images) if i % world_size == rank]
+    fresh = not part.exists()
+    try:
+        _extract_part(part, mine, done, conf, sig, progress,
+                      f"extract {conf.extractor}" + (f" [rank {rank}/{world_size}]" if world_size > 1 else ""))
+    except BaseException:
+        if fresh and part.exists() and not _has_features(part):
+            part.unlink()  # nothing written (e.g. missing weights): leave no empty part behind
+        raise
+    return part
+
+
+def _has_features(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            return bool(list_feature_names(f))
+    except OSError:
+        return False
+
+
+def _extract_part(part: Path, mine, done: set, conf: ExtractConf, sig: dict, progress: bool,
+                  desc: str) -> None:
     extractor = None
     with _open_part(part) as f:
         check_extract_conf(f, sig, part)
@@ -267,7 +296,6 @@ def extract(images: Sequence[Tuple[Path, str]], output: Path, conf: ExtractConf 
         loader = DataLoader(ImageDataset(todo, conf.resize_max), batch_size=1, shuffle=False,
                             num_workers=conf.num_workers if len(todo) > 1 else 0,
                             collate_fn=_first)
-        desc = f"extract {conf.extractor}" + (f" [rank {rank}/{world_size}]" if world_size > 1 else "")
         for item in tqdm(loader, total=len(todo), desc=desc, unit="img", disable=not progress):
             name = item["name"]
             if item["error"] is not None:
@@ -280,7 +308,6 @@ def extract(images: Sequence[Tuple[Path, str]], output: Path, conf: ExtractConf 
                 f[name].attrs["complete"] = True
             f.attrs["failed"] = json.dumps(sorted(failed.items()))
             f.flush()
-    return part
 
 
 def merge_parts(output: Path, world_size: int, keep_existing: bool = True) -> Path:

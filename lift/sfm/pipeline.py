@@ -109,22 +109,18 @@ def _changes(old: dict, new: dict) -> str:
     return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
 
 
-def _features_signature(path: Path) -> Optional[dict]:
+def _features_state(path: Path, names: List[str]) -> Tuple[Optional[dict], bool]:
+    """``(recorded extraction settings or None, every image of names is in the file or listed
+    as failed)`` of a features file, read in one opening; ``(None, False)`` when it is missing
+    or unreadable (extraction then reports it)."""
     if not path.exists():
-        return None
+        return None, False
     try:
         with h5py.File(path, "r") as f:
-            return read_extract_conf(f)
+            have = set(list_feature_names(f)) | {n for n, _ in extract.read_failures(f)}
+            return read_extract_conf(f), set(names) <= have
     except OSError:
-        return None  # unreadable: extraction reports it
-
-
-def _features_complete(path: Path, names: List[str]) -> bool:
-    if not path.exists():
-        return False
-    with h5py.File(path, "r") as f:
-        have = set(list_feature_names(f)) | {n for n, _ in extract.read_failures(f)}
-    return set(names) <= have
+        return None, False
 
 
 def run(image_dir: Path, output_dir: Path, conf: SfMConfig = SfMConfig(), overwrite: bool = False,
@@ -194,8 +190,9 @@ def run(image_dir: Path, output_dir: Path, conf: SfMConfig = SfMConfig(), overwr
 
     names = [n for _, n in items]
     # extraction: the features file records its own settings (lift.sfm.extract)
-    stale = changed("extract", paths["features"].exists(), _features_signature(paths["features"]))
-    timed("extract", _features_complete(paths["features"], names) and not stale,
+    recorded_extract, complete = _features_state(paths["features"], names)
+    stale = changed("extract", paths["features"].exists(), recorded_extract)
+    timed("extract", complete and not stale,
           lambda: extract.main(image_dir, paths["features"], conf.extract, names,
                                overwrite or stale, progress))
     if extract.dist_info()[0] != 0:
