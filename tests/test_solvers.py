@@ -205,3 +205,23 @@ def test_refine_pose_recovers_perturbed_pose():
     for i in range(2):
         assert rotation_error_deg(R10[i].numpy(), R[i].numpy()) < 1e-3
         assert translation_error_deg(t10[i].numpy(), t[i].numpy()) < 1e-2
+
+
+@pytest.mark.parametrize("m", [5, 300])
+def test_batched_eig_split_over_threads_equals_one_call(m):
+    """The thread-split eig (batches >= EIG_SPLIT_MIN on CPU) returns exactly what one
+    torch.linalg.eig call returns, also with fewer threads than chunks would need."""
+    from correspondence.epipolar import EIG_SPLIT_MIN, batched_eig
+
+    a = torch.randn(m, 10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            vals, vecs = batched_eig(a)
+            ref_vals, ref_vecs = torch.linalg.eig(a)
+            assert torch.equal(vals, ref_vals) and torch.equal(vecs, ref_vecs)
+            assert vals.shape == (m, 10) and vecs.shape == (m, 10, 10)
+    finally:
+        torch.set_num_threads(threads)
+    assert 5 < EIG_SPLIT_MIN <= 300  # both paths are exercised
