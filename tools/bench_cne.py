@@ -218,7 +218,7 @@ def write_report(path: Path, command: str, machine: str, elapsed: float, rows: L
              f"({d['network float32'][1]:.1f}) `infer(precision=\"float32\")`, {d['forward'][0]:.1f} ms "
              f"({d['forward'][1]:.1f}) the float32 training forward `model(x)`, which `filter_matches` ran before "
              "(medians and 10th percentiles of 100 interleaved rounds). Under this script's OMP_WAIT_POLICY=PASSIVE "
-             "(idle OpenMP threads sleep at once, so each of the network's ~75 parallel regions wakes them): "
+             "(idle OpenMP threads sleep at once, so each of the network's ~90 small parallel operations wakes them): "
              f"{q['network'][0]:.1f} ms ({q['network'][1]:.1f}) the network, {q['filter_matches'][0]:.1f} ms "
              f"({q['filter_matches'][1]:.1f}) `filter_matches`.",
              "- CNe + RANSAC: `relative_pose_cne(method=\"cne+ransac\")`, our RANSAC on the matches the network "
