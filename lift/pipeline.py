@@ -61,11 +61,14 @@ class LIFTConfig:
             [True].
         subpixel: how the kept keypoints get their sub-pixel positions: ``"quadratic"``, the
             vertex of a quadratic fit to the 3 x 3 scores (:func:`lift.nms.scale_space_nms`),
-            or ``"response"``, the maximum of the detector's score evaluated between the pixels
-            (:func:`lift.subpixel.refine_on_response`): more precise (``lift+subpix`` in
-            ``BENCHMARKS.md``: synthetic-warp MMA@1 / @3 34.8 / 45.4 % -> 37.7 / 47.0 %, boat +
-            iguazu MMA@3 65.4 -> 65.0 %) and 3-7 % slower per 640 x 480 image at 2048
-            keypoints (``tools/bench_speed.py``); lift-sfm uses it ["quadratic"].
+            or ``"response"``, the soft-argmax (the training beta) of the detector's score
+            evaluated between the pixels (:func:`lift.subpixel.refine_on_response`): more
+            precise (median re-detection error after known warps 0.18-0.28 -> 0.09-0.17 px,
+            ``tools/bench_localisation.py``; ``lift+subpix`` in ``BENCHMARKS.md``:
+            synthetic-warp MMA@1 / @3 34.8 / 45.4 % -> 39.2 / 47.7 %, boat + iguazu MMA@3 65.4
+            -> 65.1 %, Strecha pose AUC@5 52.1 -> 56.4 %) and 3-13 % slower per 640 x 480
+            image at 2048 keypoints (``tools/bench_speed.py`` and paired runs); lift-sfm uses
+            it ["quadratic"].
         upright: skip the orientation network, all orientations 0 [False].
         patch_batch: patches per network call, bounds memory [4096].
         tile_rows: the detector runs on horizontal stripes of at most this many rows of a

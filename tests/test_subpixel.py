@@ -8,19 +8,20 @@ from lift.pipeline import LIFT
 from lift.subpixel import refine_on_response
 
 
-def _blob_detector(sigma=0.9):
-    """A detector whose score is the image filtered by a centred Gaussian: GHH group 0 holds the
-    Gaussian in its first piece (the other pieces lose the max by their bias), the other groups
-    are constant 0. Its score peaks exactly at the centre of a Gaussian blob."""
+def _blob_detector(sigma=0.9, gain=20.0):
+    """A detector whose score is ``gain`` x the image filtered by a centred Gaussian: GHH group 0
+    holds the Gaussian in its first piece (the other pieces lose the max by their bias), the
+    other groups are constant 0. Its score peaks exactly at the centre of a Gaussian blob;
+    ``gain`` sets how sharp the peak is in the units of the soft-argmax's beta."""
     det = Detector(kernel_size=13, px_per_sigma=23 / 24).eval()
     x = torch.arange(13, dtype=torch.float32) - 6
     g = torch.exp(-0.5 * (x[:, None] ** 2 + x[None] ** 2) / sigma ** 2)
     with torch.no_grad():
         det.conv.weight.zero_()
         det.conv.bias.zero_()
-        det.conv.weight[0, 0] = g / g.sum() / 2  # input is mapped to (x - 0.5) * 2
-        det.conv.bias[0] = 0.5
-        det.conv.bias[1:4] = -100.0
+        det.conv.weight[0, 0] = gain * g / g.sum() / 2  # input is mapped to (x - 0.5) * 2
+        det.conv.bias[0] = 0.5 * gain
+        det.conv.bias[1:4] = -100.0 * gain
     return det
 
 
@@ -60,11 +61,18 @@ def test_refine_on_response_finds_blob_centres_on_every_level():
             gy, gyy = (s[y + 1, x] - s[y - 1, x]) / 2, s[y + 1, x] + s[y - 1, x] - 2 * s[y, x]
             quad.append(float(np.hypot(x - float(gx / gxx) - cx, y - float(gy / gyy) - cy)))
     assert np.mean(err) < 0.5 * np.mean(quad), (np.mean(err), np.mean(quad))
-    # no keypoints: empty offsets; a radius beyond the bicubic support is refused
+    # a flat peak (in beta's units) pulls the soft-argmax toward the window's centre, the
+    # integer peak: the estimate is only as sharp as the score the detector was trained to give
+    with torch.no_grad():
+        ox, oy = refine_on_response(_blob_detector(gain=1.0), levels, lev, torch.zeros_like(lev), xi, yi)
+    flat_err = np.hypot(xi.numpy() + ox.numpy() - centres[:, 0], yi.numpy() + oy.numpy() - centres[:, 1])
+    assert np.mean(flat_err) > 3 * np.mean(err)
+    # no keypoints: empty offsets; bad window or temperature settings are refused
     e = refine_on_response(det, levels, *(torch.zeros(0, dtype=torch.long),) * 4)
     assert e[0].shape == (0,) and e[1].shape == (0,)
-    with pytest.raises(ValueError):
-        refine_on_response(det, levels, lev, lev, xi, yi, radius=1.5)
+    for bad in (dict(radius=0.0), dict(step=0.0), dict(beta=0.0)):
+        with pytest.raises(ValueError):
+            refine_on_response(det, levels, lev, lev, xi, yi, **bad)
 
 
 def _redetection_error(model, photo, subpixel, shift=(0.5, 0.25)):
