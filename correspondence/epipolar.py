@@ -219,6 +219,8 @@ def batched_eig(a: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return torch.linalg.eig(a)
     with _EIG_POOL_LOCK:
         if _EIG_POOL[0] < workers - 1:  # the calling thread solves one chunk itself
+            if _EIG_POOL[1] is not None:
+                _EIG_POOL[1].shutdown(wait=False)  # its queued work still runs; its threads end
             _EIG_POOL = (workers - 1, ThreadPoolExecutor(workers - 1, thread_name_prefix="lift-eig"))
         pool = _EIG_POOL[1]
     chunks = a.chunk(workers)

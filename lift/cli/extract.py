@@ -56,24 +56,23 @@ def extract_to_h5(images: Sequence[Tuple[Path, str]], output: Path, max_keypoint
     ``subpixel``: :class:`lift.LIFTConfig` knobs (None: the runtime's defaults, tuned for
     matching; lift-sfm uses 1 / "response").
 
-    The same code path as lift-sfm's extraction (:func:`lift.sfm.extract.extract`): images
-    decoded by ``num_workers`` DataLoader workers, written one complete group at a time to a
-    part file beside ``output`` that an interrupted run resumes, then merged into ``output``
-    atomically.
+    The same code path as lift-sfm's extraction (:func:`lift.sfm.extract.extract_and_merge`):
+    images decoded by ``num_workers`` DataLoader workers, written one complete group at a time
+    to a part file beside ``output`` that an interrupted run resumes, then merged into
+    ``output`` atomically (under torchrun: one part per rank, merged by rank 0).
 
     Raises:
         lift.h5io.StaleFeaturesError: ``output`` holds features extracted with other settings
             (and not ``overwrite``).
     """
     from ..pipeline import LIFTConfig
-    from ..sfm.extract import ExtractConf, extract, merge_parts, read_failures
+    from ..sfm.extract import ExtractConf, extract_and_merge, read_failures
 
     conf = ExtractConf("lift", max_keypoints, None, model, device, num_workers,
                        scale_nms=LIFTConfig.scale_nms if scale_nms is None else int(scale_nms),
                        subpixel=LIFTConfig.subpixel if subpixel is None else subpixel)
     output = Path(output)
-    extract(images, output, conf, overwrite=overwrite, progress=progress)
-    merge_parts(output, 1, keep_existing=not overwrite)
+    extract_and_merge(images, output, conf, overwrite, progress)
     names = {n for _, n in images}
     with h5py.File(output, "r") as f:
         failed = [(n, e) for n, e in read_failures(f) if n in names]

@@ -47,7 +47,7 @@ from ..h5io import (EXTRACT_CONF_ATTR, StaleFeaturesError, atomic_h5, check_extr
 from ..image import ImageError, load_image
 
 __all__ = ["ExtractConf", "EXTRACTORS", "register_extractor", "build_extractor", "ImageDataset",
-           "StaleFeaturesError", "extract", "merge_parts", "read_failures", "main"]
+           "StaleFeaturesError", "extract", "merge_parts", "extract_and_merge", "read_failures", "main"]
 
 Extractor = Callable[[np.ndarray], Features]
 
@@ -350,19 +350,11 @@ def merge_parts(output: Path, world_size: int, keep_existing: bool = True) -> Pa
     return output
 
 
-def main(image_dir: Path, output: Path, conf: ExtractConf = ExtractConf(),
-         image_names: Optional[Sequence[str]] = None, overwrite: bool = False,
-         progress: bool = True) -> Path:
-    """Extract every image under ``image_dir`` (or the given relative ``image_names``) into
-    ``output``; under torchrun each rank extracts its share and rank 0 merges. Returns
-    ``output``."""
-    from ..cli.extract import find_images
-
-    image_dir = Path(image_dir)
-    if image_names is None:
-        items = find_images([str(image_dir)])
-    else:
-        items = [(image_dir / n, n) for n in image_names]
+def extract_and_merge(items: Sequence[Tuple[Path, str]], output: Path, conf: ExtractConf = ExtractConf(),
+                      overwrite: bool = False, progress: bool = True) -> Path:
+    """Extract ``(path, name)`` images into ``output``: :func:`extract` (this rank's share
+    under torchrun, all of them otherwise) then :func:`merge_parts` (on rank 0, after a
+    barrier, under torchrun). Returns ``output``."""
     rank, world = dist_info()
     extract(items, output, conf, rank, world, overwrite, progress)
     if world > 1:
@@ -380,6 +372,22 @@ def main(image_dir: Path, output: Path, conf: ExtractConf = ExtractConf(),
     else:
         merge_parts(output, 1, keep_existing=not overwrite)
     return Path(output)
+
+
+def main(image_dir: Path, output: Path, conf: ExtractConf = ExtractConf(),
+         image_names: Optional[Sequence[str]] = None, overwrite: bool = False,
+         progress: bool = True) -> Path:
+    """Extract every image under ``image_dir`` (or the given relative ``image_names``) into
+    ``output``; under torchrun each rank extracts its share and rank 0 merges. Returns
+    ``output``."""
+    from ..cli.extract import find_images
+
+    image_dir = Path(image_dir)
+    if image_names is None:
+        items = find_images([str(image_dir)])
+    else:
+        items = [(image_dir / n, n) for n in image_names]
+    return extract_and_merge(items, output, conf, overwrite, progress)
 
 
 def _cli(argv: Optional[Sequence[str]] = None) -> int:
