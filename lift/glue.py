@@ -222,7 +222,8 @@ def extract_patches_pyramid(pyramid: Sequence[torch.Tensor], keypoints: torch.Te
                             scales: torch.Tensor, oris: Optional[torch.Tensor] = None,
                             patch_size: int = 32, support: float = 6.0,
                             batch_index: Optional[torch.Tensor] = None,
-                            atlas: Optional[Tuple[torch.Tensor, List[Tuple[int, int]]]] = None) -> torch.Tensor:
+                            atlas: Optional[Tuple[torch.Tensor, List[Tuple[int, int]]]] = None,
+                            space_to_depth: int = 1) -> torch.Tensor:
     """Anti-aliased patch extraction: each patch is sampled from the pyramid level whose pixel
     step is closest below the patch's step (``2 support sigma / S`` image pixels per patch
     pixel, :func:`pyramid_level`), so that bilinear sampling never skips more than one level
@@ -240,12 +241,21 @@ def extract_patches_pyramid(pyramid: Sequence[torch.Tensor], keypoints: torch.Te
         pixels).
         atlas: ``pyramid_atlas(pyramid)``, when the caller samples the same pyramid more than
             once (the runtime's orientation and descriptor patches); built here otherwise.
+        space_to_depth: ``r`` (dividing ``patch_size``): return the patches as
+            ``N x (C r^2) x S/r x S/r``, the values of ``F.pixel_unshuffle(patches, r)``, in
+            channels-last memory (sampled in that order: no rearrangement pass), the input of
+            :class:`lift.inference.SpaceToDepthConv`. 1: ``N x C x S x S`` [1].
     """
+    r2d = int(space_to_depth)
+    if r2d < 1 or patch_size % r2d:
+        raise ValueError(f"space_to_depth must be >= 1 and divide patch_size {patch_size}, got {space_to_depth}")
     n = keypoints.shape[0]
     base = pyramid[0]
     bsz, ch = base.shape[:2]
     if n == 0:
-        return base.new_zeros((0, ch, patch_size, patch_size))
+        q = patch_size // r2d
+        return base.new_zeros((0, ch * r2d * r2d, q, q)).contiguous(
+            memory_format=torch.channels_last if r2d > 1 else torch.contiguous_format)
     if batch_index is None:
         if bsz != 1:
             raise ValueError("extract_patches_pyramid needs batch_index when the batch has B > 1")
@@ -275,9 +285,14 @@ def extract_patches_pyramid(pyramid: Sequence[torch.Tensor], keypoints: torch.Te
     # grid[n, p, c] = sum_k uv1[p, k] affine_n[n, k, c] as ONE matrix product with interleaved
     # output: (N x 6) @ (6 x 2 S^2), the right factor holding uv1[p, k] at ((k, c), (p, c))
     # (a broadcast batched matmul with K = 3 is ~5x slower on CPU)
+    order = uv1
+    if r2d > 1:  # sample pixel (Y r + qy, X r + qx) at position ((Y, X), (qy, qx)): NHWC of the unshuffle
+        q = patch_size // r2d
+        yy, xx, qy, qx = torch.meshgrid(*(torch.arange(v, device=dev) for v in (q, q, r2d, r2d)), indexing="ij")
+        order = uv1[((yy * r2d + qy) * patch_size + xx * r2d + qx).reshape(-1)]
     spread = torch.zeros(3, 2, patch_size * patch_size, 2, dtype=dtype, device=dev)
-    spread[:, 0, :, 0] = uv1.t()
-    spread[:, 1, :, 1] = uv1.t()
+    spread[:, 0, :, 0] = order.t()
+    spread[:, 1, :, 1] = order.t()
     grid = torch.mm(affine_n.reshape(n, 6), spread.reshape(6, -1)).view(n, patch_size * patch_size, 2)
     # border padding, per level: clamp the samples of the patches that leave their level to its
     # pixel-centre range (the sampled window is a parallelogram: its corner samples bound it)
@@ -291,9 +306,13 @@ def extract_patches_pyramid(pyramid: Sequence[torch.Tensor], keypoints: torch.Te
         hi = lo + (size[sel, None] - 1) * norm
         grid.index_put_((sel,), torch.minimum(torch.maximum(grid[sel], lo), hi))
     if bsz == 1:
-        return _sample_patches(atlas, grid, "border")
-    out = base.new_empty((n, ch, patch_size, patch_size))
-    for bi in torch.unique(batch_index).tolist():
-        sel = torch.nonzero(batch_index == bi).squeeze(1)
-        out[sel] = _sample_patches(atlas[bi:bi + 1], grid[sel], "border")
-    return out
+        out = _sample_patches(atlas, grid, "border")
+    else:
+        out = base.new_empty((n, ch, patch_size, patch_size))
+        for bi in torch.unique(batch_index).tolist():
+            sel = torch.nonzero(batch_index == bi).squeeze(1)
+            out[sel] = _sample_patches(atlas[bi:bi + 1], grid[sel], "border")
+    if r2d == 1:
+        return out
+    q = patch_size // r2d  # N x C x (q q r r) -> N x (C r r) x q x q, channels-last when C == 1
+    return out.view(n, ch, q, q, r2d * r2d).permute(0, 1, 4, 2, 3).reshape(n, ch * r2d * r2d, q, q)

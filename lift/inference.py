@@ -15,6 +15,15 @@ network's output (up to float rounding):
   can leave the last rows and columns of a patch unread (the first shipped orientation network,
   kernels 6, 5, 3, read 28 x 28 of its 32 x 32 input; the current one reads all of it); the
   runtime standardises the whole patch, then feeds the network only that window;
+* a first convolution with stride 2 and an even kernel (``k x k`` on 1 channel) as a
+  ``k/2 x k/2`` convolution with stride 1 on the space-to-depth input (``F.pixel_unshuffle(x, 2)``:
+  4 channels, the 2 x 2 phases of each pixel block): the same sums, and oneDNN runs the
+  4-channel form ~2x faster (2048 patches: 3.8 -> 1.9 ms in bfloat16). The runtime samples the
+  patches directly in that order (``space_to_depth=2`` of
+  :func:`lift.glue.extract_patches_pyramid`), so the rearrangement costs nothing;
+* the orientation network's first fully connected layer with its output units permuted so that
+  its GHH activation reads contiguous blocks (:class:`BlockGHH`, the same values; 2048 x 1600
+  units: 1.1 ms against 2.1-5.0 ms for the strided groups of :func:`lift.layers.ghh`);
 * channels-last memory layout, and the conv stages in ``dtype`` (the fully connected layers of
   the orientation network stay float32);
 * weights below 1e-20 in magnitude set to zero. Weight decay drives the weights of unused
@@ -31,9 +40,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import MaxPool, centre_patches, output_shape
+from .layers import GHH, MaxPool, centre_patches, output_shape
 
-__all__ = ["inference_net", "fold_batch_norm", "FastReLU", "FlatLinear", "standardized_window"]
+__all__ = ["inference_net", "fold_batch_norm", "FastReLU", "FlatLinear", "SpaceToDepthConv",
+           "BlockGHH", "standardized_window"]
 
 #: weights of smaller magnitude are zero in the inference copies (see the module docstring)
 NEGLIGIBLE_WEIGHT = 1e-20
@@ -70,6 +80,72 @@ class FlatLinear(nn.Module):
         k = self.size
         x = x[..., :k, :k].permute(0, 2, 3, 1).reshape(x.shape[0], -1)
         return F.linear(x, self.weight, self.bias)[:, :, None, None]
+
+
+class SpaceToDepthConv(nn.Module):
+    """A ``k x k`` convolution with stride ``r`` on 1-channel input (``k`` a multiple of ``r``)
+    computed on the space-to-depth input: weights ``(C, r^2, k/r, k/r)`` with
+    ``w2[o, r qy + qx, a, b] = w[o, 0, r a + qy, r b + qx]``, stride 1.
+
+    ``forward`` takes ``N x r^2 x H/r x W/r`` (``F.pixel_unshuffle(x, r)``, best channels-last)
+    or the plain ``N x 1 x H x W`` input (unshuffled here) and returns what the original
+    convolution returns on ``x``."""
+
+    def __init__(self, conv: nn.Conv2d, r: int = 2):
+        super().__init__()
+        w = conv.weight.detach()
+        c, _, k, _ = w.shape
+        q = k // r
+        w2 = w.reshape(c, 1, q, r, q, r).permute(0, 1, 3, 5, 2, 4).reshape(c, r * r, q, q)
+        self.r = int(r)
+        self.weight = nn.Parameter(w2.contiguous(), requires_grad=False)
+        b = conv.bias.detach() if conv.bias is not None else torch.zeros(c)
+        self.bias = nn.Parameter(b.clone(), requires_grad=False)
+
+    @staticmethod
+    def applies(conv: nn.Module, r: int = 2) -> bool:
+        return (isinstance(conv, nn.Conv2d) and conv.in_channels == 1 and conv.stride == (r, r)
+                and conv.kernel_size[0] == conv.kernel_size[1] and conv.kernel_size[0] % r == 0
+                and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = F.pixel_unshuffle(x, self.r).contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"space_to_depth={self.r}, weight={tuple(self.weight.shape)}"
+
+
+class BlockGHH(nn.Module):
+    """:func:`lift.layers.ghh` (last dimension) for a linear layer whose output units were
+    permuted by :meth:`permutation`: the ``num_max`` pieces are ``num_max`` contiguous blocks
+    of ``num_sum * C`` units and the ``num_sum`` groups ``C``-unit blocks within them, so both
+    the maxima and the signed sum are elementwise ops on contiguous slices."""
+
+    def __init__(self, num_sum: int, num_max: int):
+        super().__init__()
+        self.num_sum, self.num_max = int(num_sum), int(num_max)
+
+    def permutation(self, units: int) -> torch.Tensor:
+        """``perm`` with ``new_layer.weight = old.weight[perm]`` for ``units`` outputs."""
+        ns, nm = self.num_sum, self.num_max
+        c = units // (ns * nm)
+        m, n, k = torch.meshgrid(torch.arange(nm), torch.arange(ns), torch.arange(c), indexing="ij")
+        return (k * ns * nm + n * nm + m).reshape(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ns, nm = self.num_sum, self.num_max
+        block = x.shape[-1] // nm
+        y = x[..., :block]
+        for m in range(1, nm):
+            y = torch.maximum(y, x[..., m * block:(m + 1) * block])
+        c = block // ns
+        out = y[..., :c]
+        for n in range(1, ns):
+            part = y[..., n * c:(n + 1) * c]
+            out = out - part if n % 2 else out + part
+        return out
 
 
 def standardized_window(patches: torch.Tensor, crop: int, dtype: torch.dtype) -> torch.Tensor:
@@ -145,11 +221,28 @@ def _receptive_crop(seq: nn.Sequential, size: int) -> int:
 def inference_net(net: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A frozen inference copy of an orientation or descriptor network (see the module
     docstring). The copy has a ``crop`` attribute: the input window it reads, and
-    ``forward_standardized`` takes ``N x 1 x crop x crop`` (or larger) standardised patches."""
+    ``forward_standardized`` takes ``N x 1 x crop x crop`` (or larger) standardised patches;
+    and a ``space_to_depth`` attribute ``r`` (1 or 2): with 2 it also takes them as
+    ``N x 4 x crop/2 x crop/2`` (``F.pixel_unshuffle(patches, 2)``, channels-last), the form the
+    runtime samples."""
     out = copy.deepcopy(net).eval()
     size = int(net.input_size)
     out.crop = _receptive_crop(out.features, size)
-    out.features = _rewrite(out.features, size).to(dtype=dtype, memory_format=torch.channels_last)
+    layers = list(_rewrite(out.features, size))
+    # space-to-depth first convolution, when the network reads the whole (even) patch
+    out.space_to_depth = 1
+    if out.crop == size and size % 2 == 0 and SpaceToDepthConv.applies(layers[0]):
+        layers[0], out.space_to_depth = SpaceToDepthConv(layers[0]), 2
+    out.features = nn.Sequential(*layers).to(dtype=dtype, memory_format=torch.channels_last)
+    for fc, act in (("fc1", "act1"), ("fc2", "act2")):  # GHH on contiguous blocks
+        lin = getattr(out, fc, None)
+        if isinstance(lin, nn.Linear) and isinstance(getattr(out, act, None), GHH):
+            block = BlockGHH(getattr(out, act).num_sum, getattr(out, act).num_max)
+            perm = block.permutation(lin.out_features)
+            with torch.no_grad():
+                lin.weight.copy_(lin.weight[perm])
+                lin.bias.copy_(lin.bias[perm])
+            setattr(out, act, block)
     for p in out.parameters():
         p.requires_grad_(False)
         if p.is_floating_point():

@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn as nn
 
-__all__ = ["ghh", "centre_patches", "normalize_patches", "max_filter", "MaxPool", "conv_stack",
+__all__ = ["ghh", "GHH", "centre_patches", "normalize_patches", "max_filter", "MaxPool", "conv_stack",
            "output_shape"]
 
 
@@ -40,6 +40,22 @@ def ghh(x: torch.Tensor, num_sum: int, num_max: int, dim: int = 1) -> torch.Tens
     for n in range(1, num_sum):
         out = out - y.select(dim + 1, n) if n % 2 else out + y.select(dim + 1, n)
     return out
+
+
+class GHH(nn.Module):
+    """:func:`ghh` over the last dimension as a module (``N x (C num_sum num_max)`` ->
+    ``N x C``), so that an inference copy can swap it for an equivalent layout
+    (:class:`lift.inference.BlockGHH`)."""
+
+    def __init__(self, num_sum: int, num_max: int):
+        super().__init__()
+        self.num_sum, self.num_max = int(num_sum), int(num_max)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ghh(x, self.num_sum, self.num_max)
+
+    def extra_repr(self) -> str:
+        return f"num_sum={self.num_sum}, num_max={self.num_max}"
 
 
 def centre_patches(x: torch.Tensor):

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import conv_stack, ghh, normalize_patches, output_shape
+from .layers import GHH, conv_stack, normalize_patches, output_shape
 
 __all__ = ["Orientation"]
 
@@ -52,6 +52,7 @@ class Orientation(nn.Module):
         g = num_sum * num_max
         self.fc1 = nn.Linear(flat, hidden * g)
         self.fc2 = nn.Linear(hidden, 2 * g)
+        self.act1, self.act2 = GHH(num_sum, num_max), GHH(num_sum, num_max)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
@@ -68,8 +69,7 @@ class Orientation(nn.Module):
         """``forward`` for patches already standardised by :func:`lift.layers.normalize_patches`
         (the runtime standardises in float32 before running the network in bfloat16)."""
         x = self.features(x).flatten(1).to(self.fc1.weight.dtype)  # conv stages may be bfloat16
-        x = ghh(self.fc1(x), self.num_sum, self.num_max)
-        x = ghh(self.fc2(x), self.num_sum, self.num_max)
+        x = self.act2(self.fc2(self.act1(self.fc1(x))))
         # LIFT's output normalisation: divide by the max-abs value, nudge away from zero,
         # then L2-normalise to (cos, sin)
         x = x / x.abs().amax(1, keepdim=True).clamp_min(1e-12)

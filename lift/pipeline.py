@@ -278,13 +278,20 @@ class LIFT(nn.Module):
         outs = []
         pyr, atlas = source
         dtype = next(net.features.parameters()).dtype
+        size, r = net.input_size, getattr(net, "space_to_depth", 1)
         for s in range(0, len(kp), self.conf.patch_batch):
             sl = slice(s, s + self.conf.patch_batch)
             patches = extract_patches_pyramid(pyr, kp[sl], sc[sl], None if ori is None else ori[sl],
-                                              net.input_size, DESCRIPTOR_SUPPORT, bidx[sl], atlas=atlas)
+                                              size, DESCRIPTOR_SUPPORT, bidx[sl], atlas=atlas,
+                                              space_to_depth=r)
+            if r > 1:  # N x r^2 x S/r x S/r channels-last: the same memory as N x 1 x S x S
+                patches = patches.permute(0, 2, 3, 1).reshape(-1, 1, size, size)
             # standardised in float32 (bfloat16 would flatten faint texture), then cast; the
-            # network reads only its top-left crop x crop window (lift.inference)
+            # network reads only its top-left crop x crop window (lift.inference; the whole
+            # patch where it takes space-to-depth input, whose statistics ignore pixel order)
             patches = standardized_window(patches, net.crop, dtype)
+            if r > 1:
+                patches = patches.view(-1, size // r, size // r, r * r).permute(0, 3, 1, 2)
             outs.append(net.forward_standardized(
                 patches.contiguous(memory_format=torch.channels_last)).float())
         return torch.cat(outs)

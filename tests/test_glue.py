@@ -154,6 +154,31 @@ def test_atlas_extraction_equals_per_level_sampling(rotated):
         extract_patches_pyramid(pyr, kp, sc, ori, 32, 6.0)
 
 
+@pytest.mark.parametrize("r", [2, 4])
+def test_space_to_depth_sampling_equals_pixel_unshuffle(r):
+    """``space_to_depth=r`` samples the same patches in the order of ``F.pixel_unshuffle``:
+    the same values, channels-last, for one image, a batch and an empty set; a factor that does
+    not divide the patch size is refused."""
+    torch.manual_seed(1)
+    img = torch.rand(2, 3, 80, 110)
+    pyr = build_pyramid(img, 3)
+    n = 70
+    kp = torch.rand(n, 2) * torch.tensor([120.0, 90.0]) - 5
+    sc, ori = torch.rand(n) * 6 + 0.5, torch.rand(n) * 6 - 3
+    bidx = torch.randint(0, 2, (n,))
+    for p, b in (([q[:1, :1] for q in pyr], None), (pyr, bidx)):
+        ref = extract_patches_pyramid(p, kp, sc, ori, 32, 6.0, b)
+        got = extract_patches_pyramid(p, kp, sc, ori, 32, 6.0, b, space_to_depth=r)
+        assert got.shape == (n, ref.shape[1] * r * r, 32 // r, 32 // r)
+        torch.testing.assert_close(got, torch.nn.functional.pixel_unshuffle(ref, r), atol=0, rtol=0)
+    one = extract_patches_pyramid([q[:1, :1] for q in pyr], kp, sc, ori, 32, 6.0, space_to_depth=r)
+    assert one.is_contiguous(memory_format=torch.channels_last)
+    empty = extract_patches_pyramid(pyr, kp[:0], sc[:0], ori[:0], 32, 6.0, bidx[:0], space_to_depth=r)
+    assert empty.shape == (0, 3 * r * r, 32 // r, 32 // r)
+    with pytest.raises(ValueError, match="space_to_depth"):
+        extract_patches_pyramid(pyr, kp, sc, ori, 32, 6.0, bidx, space_to_depth=3)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_patch_sampling_split_over_threads_is_exact(threads):
     """The CPU sampler splits the patches over ``torch.get_num_threads()`` batch entries of the

@@ -38,6 +38,43 @@ def test_inference_copies_equal_the_networks(config):
         assert all(p.requires_grad for p in net.parameters())  # the model is left alone
 
 
+def test_space_to_depth_and_block_ghh_rewrites_are_exact():
+    """The shipped architecture's first convolutions (6 x 6, stride 2) become 3 x 3 convolutions
+    on the space-to-depth input, and the orientation network's GHH reads contiguous blocks of
+    permuted units: the inference copy gives the network's output from either input form."""
+    from lift.inference import BlockGHH, SpaceToDepthConv
+    from lift.layers import ghh
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 10, 6, stride=2)
+    x = torch.randn(9, 1, 32, 32)
+    s2d = SpaceToDepthConv(conv)
+    with torch.no_grad():
+        ref = conv(x)
+        torch.testing.assert_close(s2d(x), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(s2d(torch.nn.functional.pixel_unshuffle(x, 2)), ref, atol=1e-5, rtol=1e-5)
+    assert not SpaceToDepthConv.applies(torch.nn.Conv2d(1, 4, 5, stride=2))  # odd kernel
+    assert not SpaceToDepthConv.applies(torch.nn.Conv2d(1, 4, 6, stride=1))
+    block = BlockGHH(4, 4)
+    h = torch.randn(33, 1600)
+    perm = block.permutation(1600)
+    assert sorted(perm.tolist()) == list(range(1600))
+    torch.testing.assert_close(block(h[:, perm]), ghh(h, 4, 4), atol=0, rtol=0)
+    model = _trained_like(FAST_CONFIG)
+    for name in ("orientation", "descriptor"):
+        fast = inference_net(getattr(model, name))
+        assert fast.space_to_depth == 2 and isinstance(fast.features[0], SpaceToDepthConv)
+        p = normalize_patches(torch.rand(21, 1, 32, 32))
+        with torch.no_grad():
+            want = getattr(model, name).forward_standardized(p)
+            got = fast.forward_standardized(
+                torch.nn.functional.pixel_unshuffle(p, 2).contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+    assert isinstance(inference_net(model.orientation).act1, BlockGHH)
+    paper = _trained_like(PAPER_CONFIG)  # stride 1: no space-to-depth form
+    assert inference_net(paper.descriptor).space_to_depth == 1
+
+
 def test_orientation_reads_only_its_receptive_window():
     """With kernels (6, 5, 3) (the orientation network of lift 0.1's first weights) floor pooling
     never reads the last 4 rows and columns of a 32 px patch: the inference copy says so, and
@@ -98,7 +135,9 @@ def test_negligible_weights_are_zero_in_the_copy():
     fast = inference_net(model.orientation)
     for p in fast.parameters():
         assert not ((p != 0) & (p.abs() < NEGLIGIBLE_WEIGHT)).any()
-    assert (fast.fc1.weight[:7] == 0).all() and (fast.fc1.bias[:7] == 0).all()
+    moved = fast.act1.permutation(fast.fc1.out_features) < 7  # the copy's rows are permuted (BlockGHH)
+    assert moved.sum() == 7
+    assert (fast.fc1.weight[moved] == 0).all() and (fast.fc1.bias[moved] == 0).all()
     assert model.orientation.fc1.weight[0, 0] == 1e-39  # the model itself is left alone
     x = torch.rand(16, 1, 32, 32)
     with torch.no_grad():
