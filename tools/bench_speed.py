@@ -73,6 +73,55 @@ def real_photos(size=(640, 480)):
     return out
 
 
+#: glibc malloc settings under which freed memory is kept for reuse instead of being returned to
+#: the kernel (and faulted back in, zeroed, on the next large allocation)
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
+
+
+def allocator_check(args):
+    """The headline pair (SIFT, lift) measured twice more in child processes, once in this
+    process's environment and once with :data:`KEEP_FREED_MEMORY`, with the minor page faults
+    per image of each library. Returns ``{env name: result dict}``."""
+    import json
+
+    out = {}
+    for name, extra in (("default", {}), ("keep_freed", KEEP_FREED_MEMORY)):
+        env = dict(os.environ, **extra)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child-pair", "--model", args.model,
+               "--repeats", str(args.repeats), "--threads", str(args.threads),
+               "--max-keypoints", str(args.max_keypoints)]
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"allocator check failed: {res.stderr[-2000:]}")
+        out[name] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def child_pair(args) -> None:
+    """``--child-pair``: the SIFT / lift pair of the headline table in this process; prints one
+    JSON line (median ms, paired ratio, minor page faults per image)."""
+    import json
+    import resource
+
+    images = photos()
+    ex = LIFT(LIFTModel.load(args.model), max_keypoints=args.max_keypoints)
+    sift = cv2.SIFT_create(args.max_keypoints)
+    faults = {"sift": 0, "lift": 0}
+
+    def counted(name, fn):
+        def run(im):
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            fn(im)
+            faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+        return run
+    fns = {"sift": counted("sift", lambda im: sift.detectAndCompute(im, None)),
+           "lift": counted("lift", lambda im: ex.extract(im))}
+    res = paired_ms(fns, images, args.repeats)
+    calls = len(images) * (args.repeats + 1)
+    print(json.dumps({"sift_ms": res["sift"][0], "lift_ms": res["lift"][0], "paired": res["lift"][1],
+                      "sift_faults": faults["sift"] / calls, "lift_faults": faults["lift"] / calls}))
+
+
 def paired_ms(fns, images, repeats, pause=0.05):
     """Median ms per image of each function in ``fns`` (name -> fn) and the median over all
     (round, image) pairs of its time ratio to the first function on the same image in the same
@@ -139,9 +188,12 @@ def main(argv=None) -> Path:
     ap.add_argument("--omp-wait-policy", default=None,
                     help="OMP_WAIT_POLICY for this run (ACTIVE / PASSIVE; default: as set in the "
                          "environment, else OpenMP's default)")
+    ap.add_argument("--child-pair", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
+    if args.child_pair:
+        return child_pair(args)
     images = photos()
     try:
         model = LIFTModel.load(args.model)
@@ -175,6 +227,7 @@ def main(argv=None) -> Path:
     t_paper = median_ms(lambda im: paper.extract(im), images[:2], 1)
     rows.append(("lift, paper architecture (random init; 25 px detector, 64 px patches)", t_paper,
                  float("nan"), t_paper / t_sift, float("nan")))
+    alloc = allocator_check(args)
     real = real_photos()
     if real:
         n_sift_real = np.mean([len(sift.detect(im, None)) for im in real])
@@ -220,6 +273,20 @@ def main(argv=None) -> Path:
                   f"{res_real['lift'][0] / res_real['sift'][0]:.2f}x | {res_real['lift'][1]:.2f}x |", ""]
     else:
         lines += [f"(The second image set, real photos from `{SHARED}`, is absent on this machine.)", ""]
+    d, k = alloc["default"], alloc["keep_freed"]
+    lines += ["Memory allocator: both libraries lose time to page faults when glibc returns freed "
+              "memory to the kernel and the next large allocation faults it back in, zeroed. The "
+              "pair of the first table, measured again in two fresh processes (same protocol): in "
+              "this environment and with "
+              + " ".join(f"`{a}={b}`" for a, b in KEEP_FREED_MEMORY.items())
+              + " (freed memory kept for reuse: faster, at the cost of a resident set that stays "
+              "at its peak):", "",
+              "| environment | SIFT ms | SIFT page faults / image | lift ms | lift page faults / image | time vs SIFT (paired) |",
+              "|---|---:|---:|---:|---:|---:|",
+              f"| as above | {d['sift_ms']:.1f} | {d['sift_faults']:.0f} | {d['lift_ms']:.1f} | "
+              f"{d['lift_faults']:.0f} | {d['paired']:.2f}x |",
+              f"| freed memory kept | {k['sift_ms']:.1f} | {k['sift_faults']:.0f} | {k['lift_ms']:.1f} | "
+              f"{k['lift_faults']:.0f} | {k['paired']:.2f}x |", ""]
     lines += ["Where lift's time goes (median ms / image of each stage alone, measured in a "
               "separate pass after the table above, lift only: compare the stages with each other; "
               "the machine's speed drifts between passes):", "",
