@@ -37,3 +37,25 @@ def photo():
 @pytest.fixture(params=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 def device(request):
     return torch.device(request.param)
+
+
+@pytest.fixture
+def gaussian_detector():
+    """Factory ``make(det, sigma, gain=1.0) -> det``: sets a :class:`lift.detector.Detector`'s
+    weights so that its score is ``gain`` x the [0, 1] image filtered by a centred Gaussian of
+    std ``sigma`` (detector pixels): GHH group 0 holds the Gaussian in its first piece (the other
+    pieces lose the max by their bias), the other groups are constant 0. Rotation-symmetric
+    (exactly covariant under quarter-turns); on a Gaussian blob its score peaks exactly at the
+    blob's centre, and ``gain`` sets how sharp the peak is in units of a soft-argmax's beta."""
+    def make(det, sigma, gain=1.0):
+        k = det.kernel_size
+        x = torch.arange(k, dtype=torch.float32) - k // 2
+        g = torch.exp(-0.5 * (x[:, None] ** 2 + x[None] ** 2) / sigma ** 2)
+        with torch.no_grad():
+            det.conv.weight.zero_()
+            det.conv.bias.zero_()
+            det.conv.weight[0, 0] = gain * g / g.sum() / 2  # the detector maps x to (x - 0.5) * 2
+            det.conv.bias[0] = 0.5 * gain
+            det.conv.bias[1:det.num_max] = -100.0 * gain
+        return det
+    return make

@@ -8,23 +8,6 @@ from lift.pipeline import LIFT
 from lift.subpixel import refine_on_response
 
 
-def _blob_detector(sigma=0.9, gain=20.0):
-    """A detector whose score is ``gain`` x the image filtered by a centred Gaussian: GHH group 0
-    holds the Gaussian in its first piece (the other pieces lose the max by their bias), the
-    other groups are constant 0. Its score peaks exactly at the centre of a Gaussian blob;
-    ``gain`` sets how sharp the peak is in the units of the soft-argmax's beta."""
-    det = Detector(kernel_size=13, px_per_sigma=23 / 24).eval()
-    x = torch.arange(13, dtype=torch.float32) - 6
-    g = torch.exp(-0.5 * (x[:, None] ** 2 + x[None] ** 2) / sigma ** 2)
-    with torch.no_grad():
-        det.conv.weight.zero_()
-        det.conv.bias.zero_()
-        det.conv.weight[0, 0] = gain * g / g.sum() / 2  # input is mapped to (x - 0.5) * 2
-        det.conv.bias[0] = 0.5 * gain
-        det.conv.bias[1:4] = -100.0 * gain
-    return det
-
-
 def _blobs(h, w, centres, sigma=0.8):
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
                             indexing="ij")
@@ -34,8 +17,12 @@ def _blobs(h, w, centres, sigma=0.8):
     return img.float()[None, None]
 
 
-def test_refine_on_response_finds_blob_centres_on_every_level():
-    det = _blob_detector()
+def _blob_detector(make, gain=20.0):
+    return make(Detector(kernel_size=13, px_per_sigma=23 / 24).eval(), 0.9, gain)
+
+
+def test_refine_on_response_finds_blob_centres_on_every_level(gaussian_detector):
+    det = _blob_detector(gaussian_detector)
     rng = np.random.default_rng(0)
     levels, truth = [], []
     for h, w in ((60, 80), (40, 52)):  # two levels, blobs at known sub-pixel centres
@@ -64,7 +51,7 @@ def test_refine_on_response_finds_blob_centres_on_every_level():
     # a flat peak (in beta's units) pulls the soft-argmax toward the window's centre, the
     # integer peak: the estimate is only as sharp as the score the detector was trained to give
     with torch.no_grad():
-        ox, oy = refine_on_response(_blob_detector(gain=1.0), levels, lev, torch.zeros_like(lev), xi, yi)
+        ox, oy = refine_on_response(_blob_detector(gaussian_detector, gain=1.0), levels, lev, torch.zeros_like(lev), xi, yi)
     flat_err = np.hypot(xi.numpy() + ox.numpy() - centres[:, 0], yi.numpy() + oy.numpy() - centres[:, 1])
     assert np.mean(flat_err) > 3 * np.mean(err)
     # no keypoints: empty offsets; bad window or temperature settings are refused

@@ -52,26 +52,16 @@ def test_scale_loss_is_zero_for_a_perfectly_selective_response(monkeypatch):
     assert stage.scale_loss(_blob_patches(4)).item() == 0.0
 
 
-def _isotropic_detector(det, sigma=1.5):
-    """Score = the image filtered by a centred Gaussian (rotation-symmetric: exactly
-    covariant under quarter-turns)."""
-    x = torch.arange(det.kernel_size, dtype=torch.float32) - det.kernel_size // 2
-    g = torch.exp(-0.5 * (x[:, None] ** 2 + x[None] ** 2) / sigma ** 2)
-    with torch.no_grad():
-        det.conv.weight.zero_()
-        det.conv.bias.zero_()
-        det.conv.weight[0, 0] = g / g.sum()
-        det.conv.bias[1:4] = -100.0
-
-
-def test_localisation_term_measures_covariance_across_views():
+def test_localisation_term_measures_covariance_across_views(gaussian_detector):
     """``--loc-weight``: P1's sharp soft-argmax offset, turned by the views' relative
     orientation, is compared with P2's. A quarter-turned copy with the matching orientation
     difference is consistent (the loss sits at its Charbonnier floor 0.1); the opposite
     orientation sense is not."""
     torch.manual_seed(0)
     model = LIFTModel()
-    _isotropic_detector(model.detector)
+    # score = 2 x Gaussian-filtered image: the Gaussian filter of the detector's input (x - 0.5) * 2,
+    # up to a constant, which no soft-argmax sees
+    gaussian_detector(model.detector, 1.5, gain=2.0)
     stage = DetectorStage(model, PatchGeometry(128, 12.0), loc_weight=1.0)
     n, size, sigma = 6, 128, 128 / 24
     yy, xx = np.mgrid[:size, :size] - (size - 1) / 2

@@ -141,9 +141,10 @@ class Stage(nn.Module):
         return ang if frame is None else ang + frame
 
     def detect(self, patches: torch.Tensor, loc_beta: Optional[float] = None):
-        """Patch scores ``N`` and soft-argmax offsets ``N x 2`` (stored-patch pixels from the
-        centre) of ``N x 1 x S x S`` stored patches; with ``loc_beta`` also the soft-argmax
-        offsets at that (sharper) strength, as a third output."""
+        """``(scores N, offsets N x 2, sharp offsets N x 2 or None)`` of ``N x 1 x S x S`` stored
+        patches: the soft-max patch score, the soft-argmax offset (stored-patch pixels from the
+        centre) at the stage's beta, and with ``loc_beta`` the soft-argmax offset at that
+        (sharper) strength (``None`` without)."""
         det = self.model.detector
         inp = detector_input(patches, self.geom, det.px_per_sigma)
         smap = det(inp)[:, 0]
@@ -152,10 +153,10 @@ class Stage(nn.Module):
         window = smap[:, sl, sl]
         score = soft_max_score(window, self.beta)
         xy = soft_argmax(window, self.beta)
+        off = origin + xy * cell - self.geom.centre
         if loc_beta is None:
-            return score, origin + xy * cell - self.geom.centre
-        sharp = soft_argmax(window, loc_beta)
-        return score, origin + xy * cell - self.geom.centre, origin + sharp * cell - self.geom.centre
+            return score, off, None
+        return score, off, origin + soft_argmax(window, loc_beta) * cell - self.geom.centre
 
     def scale_loss(self, patches: torch.Tensor,
                    mults: Tuple[float, ...] = (2 ** -0.5, 2 ** -0.25, 2 ** 0.25, 2 ** 0.5)
@@ -210,11 +211,7 @@ class Stage(nn.Module):
             for t in range(1, 4):
                 sel = turns == t
                 x[sel] = torch.rot90(x[sel], t, dims=(-2, -1))
-        loc_off = None
-        if self.loc_weight > 0:
-            score, off, loc_off = self.detect(x, self.loc_beta)
-        else:
-            score, off = self.detect(x)
+        score, off, loc_off = self.detect(x, self.loc_beta if self.loc_weight > 0 else None)
         is_kp = torch.ones(b * k, dtype=torch.bool)
         if k > 3:
             is_kp[3 * b:] = False
@@ -236,7 +233,7 @@ class Stage(nn.Module):
     def chain(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Full inference chain on ``N x 1 x S x S``: detector location -> orientation ->
         descriptor. Returns ``score``, ``offset``, ``ori``, ``desc``."""
-        score, off = self.detect(x)
+        score, off, _ = self.detect(x)
         pyr = self.pyramid(x)
         ori = self.orient(pyr, off)
         return {"score": score, "offset": off, "ori": ori, "desc": self.describe(pyr, off, ori)}

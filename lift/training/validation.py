@@ -66,7 +66,7 @@ def evaluate(stage: Stage, dataset, max_items: int = 2000, batch_size: int = 256
         acc["score"].append(ch["score"])
         acc["is_kp"].append(torch.ones(3 * b, dtype=torch.bool))
         if k > 3:
-            s4, _ = stage.detect(p[:, 3])
+            s4 = stage.detect(p[:, 3])[0]
             acc["score"].append(s4)
             acc["is_kp"].append(torch.zeros(b, dtype=torch.bool))
     stage.train(was)
