@@ -21,6 +21,12 @@ slightly lower medians and beta 15-30 higher ones; radius 1.5 had a shorter tail
 percentiles 0.29 / 0.48 against 0.33 / 0.55 px for shift / zoom, medians within 0.004 px) at
 2.5x the cost (28 % of a quadratic-fit extraction against 10 %, 640 px photos, 2048
 keypoints); step 1/8 instead of 1/4 changed the medians by under 0.005 px, step 1/2 aliased.
+
+Cost: one small convolution per keypoint window (the detector's input map folded into its
+weights), the bicubic interpolation in x and y as one matrix product with the Kronecker product
+of the two weight matrices, and the GHH on contiguous slices: 9.5 ms for 2048 keypoints of a
+640 x 480 photo (2 threads; 11.6-12.3 ms with separate x and y products, paired in-process), a
+few % of an extraction.
 """
 from __future__ import annotations
 
@@ -94,16 +100,27 @@ def refine_on_response(detector: Detector, level_images: Sequence[torch.Tensor],
     offs = torch.arange(-n_side, n_side + 1, dtype=dtype, device=device) * step  # n grid offsets
     n, taps = len(offs), 2 * m + 1
     w = cubic_weights(offs[:, None] - torch.arange(-m, m + 1, dtype=dtype, device=device))  # n x taps
+    # bicubic interpolation in x and y as ONE matrix product: (row tap, column tap) -> (x, y)
+    # grid point, kron[(ty, tx), (i, j)] = w[j, ty] w[i, tx] (score laid out x-major, i = x)
+    kron = (w.t()[:, None, None, :] * w.t()[None, :, :, None]).reshape(taps * taps, n * n)
+    # the detector's input map (x - 0.5) * 2 folded into its weights
+    weight = 2.0 * detector.conv.weight
+    bias = detector.conv.bias - detector.conv.weight.sum((1, 2, 3))
+    ns, nm = detector.num_sum, detector.num_max
     ox, oy = [], []
     for s0 in range(0, k, _CHUNK):
         windows = flat[idx[s0:s0 + _CHUNK]][:, None]  # k' x 1 x (2r+1) x (2r+1)
-        resp = F.conv2d((windows - 0.5) * 2.0, detector.conv.weight, detector.conv.bias)  # k' x C x taps^2
+        resp = F.conv2d(windows, weight, bias)  # k' x C x taps x taps
         kc, cc = resp.shape[:2]
-        # bicubic interpolation as two matrix products: x, then y; laid out k' x C x (x) x (y)
-        a_x = (resp.reshape(-1, taps) @ w.t()).view(kc, cc, taps, n)
-        a_xy = (a_x.transpose(-1, -2).reshape(-1, taps) @ w.t()).view(kc, cc, n, n)
-        score = ghh(a_xy, detector.num_sum, detector.num_max, dim=1)[:, 0]  # k' x n (x) x n (y)
-        z = beta * score.flatten(1)
+        a = (resp.reshape(kc * cc, taps * taps) @ kron).view(kc, cc // (ns * nm), ns, nm, n * n)
+        # GHH over the channels (groups of nm consecutive pieces; signed sum over the ns groups)
+        mx = a[:, :, :, 0]
+        for j in range(1, nm):
+            mx = torch.maximum(mx, a[:, :, :, j])
+        score = mx[:, 0, 0]
+        for j in range(1, ns):
+            score = score - mx[:, 0, j] if j % 2 else score + mx[:, 0, j]
+        z = beta * score  # k' x (n x-offsets * n y-offsets)
         p = torch.softmax(z - z.amax(1, keepdim=True), 1).view(kc, n, n)
         ox.append(p.sum(2) @ offs)
         oy.append(p.sum(1) @ offs)
