@@ -59,16 +59,18 @@ class LIFTConfig:
         score_threshold: minimum detector score; ``None`` disables [None].
         refine: sub-pixel refinement, and sub-scale refinement where ``scale_nms >= 1``
             [True].
-        subpixel: how the kept keypoints get their sub-pixel positions: ``"quadratic"``, the
-            vertex of a quadratic fit to the 3 x 3 scores (:func:`lift.nms.scale_space_nms`),
-            or ``"response"``, the soft-argmax (the training beta) of the detector's score
-            evaluated between the pixels (:func:`lift.subpixel.refine_on_response`): more
-            precise (median re-detection error after known warps 0.18-0.28 -> 0.09-0.17 px,
-            ``tools/bench_localisation.py``; ``lift+subpix`` in ``BENCHMARKS.md``:
-            synthetic-warp MMA@1 / @3 34.8 / 45.4 % -> 39.2 / 47.7 %, boat + iguazu MMA@3 65.4
-            -> 65.1 %, Strecha pose AUC@5 52.1 -> 56.4 %) and 3-13 % slower per 640 x 480
-            image at 2048 keypoints (``tools/bench_speed.py`` and paired runs); lift-sfm uses
-            it ["quadratic"].
+        subpixel: how the kept keypoints get their sub-pixel positions: ``"response"``, the
+            soft-argmax (the training beta) of the detector's score evaluated between the pixels
+            (:func:`lift.subpixel.refine_on_response`), or ``"quadratic"``, the vertex of a
+            quadratic fit to the 3 x 3 scores (:func:`lift.nms.scale_space_nms`), the default
+            until 2026-12-01. The response is more precise (median re-detection error after
+            known warps 0.09-0.17 px against 0.18-0.28, ``tools/bench_localisation.py``) and
+            matches better (``BENCHMARKS.md``, ``lift`` against ``lift+quadratic``:
+            synthetic-warp MMA@1 / @3 39.2 / 47.7 % against 34.8 / 45.4 %, homography accuracy
+            @5 px 68.9 against 60.0 %; boat + iguazu MMA@3 65.1 against 65.4 %; Strecha pose
+            AUC@5 60.9 against 53.6 %), for 8 % more time per 640 x 480 image at 2048 keypoints
+            (paired in-process runs without page faults; 14 % in ``tools/bench_speed.py``'s
+            run) ["response"].
         upright: skip the orientation network, all orientations 0 [False].
         patch_batch: patches per network call, bounds memory [4096].
         tile_rows: the detector runs on horizontal stripes of at most this many rows of a
@@ -92,7 +94,7 @@ class LIFTConfig:
     edge_threshold: float = 10.0
     score_threshold: Optional[float] = None
     refine: bool = True
-    subpixel: str = "quadratic"
+    subpixel: str = "response"
     upright: bool = False
     patch_batch: int = 4096
     tile_rows: int = 1024

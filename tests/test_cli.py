@@ -101,7 +101,10 @@ def test_extract_resumes_an_interrupted_run(tmp_path, weights, photo, monkeypatc
     for i in range(3):
         cv2.imwrite(str(d / f"{i}.png"), np.roll(photo, 7 * i, axis=1))
     out = tmp_path / "features.h5"
-    conf = sfm_extract.ExtractConf("lift", 200, None, str(weights), None, 0, scale_nms=0, subpixel="quadratic")
+    from lift.pipeline import LIFTConfig  # lift-extract's settings: the runtime defaults
+
+    conf = sfm_extract.ExtractConf("lift", 200, None, str(weights), None, 0, scale_nms=LIFTConfig.scale_nms,
+                                   subpixel=LIFTConfig.subpixel)
     images = extract.find_images([str(d)])
     part = sfm_extract.extract(images[:1], out, conf, progress=False)  # the "interrupted" run
     assert part.exists() and not out.exists()

@@ -15,8 +15,9 @@ keypoints with sigma >= 3 px (the coarse levels, where a detector pixel is large
 octave of SIFT is upsampled, so its keypoints sit on a finer grid than LIFT's (23/24 detector
 pixels per sigma, ``lift.model.FAST_CONFIG``).
 
-Methods: LIFT (shipped weights, runtime defaults: quadratic sub-pixel fit), LIFT with
-``subpixel="response"`` (:mod:`lift.subpixel`; lift-sfm's setting), OpenCV SIFT; 2048 keypoints.
+Methods: LIFT (shipped weights, runtime defaults: ``subpixel="response"``, :mod:`lift.subpixel`),
+LIFT with ``subpixel="quadratic"`` (a quadratic fit to the 3 x 3 scores, the default until
+2026-12-01), OpenCV SIFT; 2048 keypoints.
 """
 from __future__ import annotations
 
@@ -72,15 +73,15 @@ def warp_matrix(kind: str, arg, w: int, h: int) -> np.ndarray:
 
 
 def methods(max_keypoints: int) -> Dict[str, Callable[[np.ndarray], Features]]:
-    quad = LIFT("default", max_keypoints=max_keypoints)
-    resp = LIFT("default", max_keypoints=max_keypoints, subpixel="response")
+    quad = LIFT("default", max_keypoints=max_keypoints, subpixel="quadratic")
+    resp = LIFT("default", max_keypoints=max_keypoints)
     sift = cv2.SIFT_create(max_keypoints)
 
     def run_sift(image):
         kps, desc = sift.detectAndCompute(image, None)
         return Features.from_cv2(kps, desc, (image.shape[1], image.shape[0]))
-    return {"LIFT (quadratic fit, default)": quad.extract,
-            "LIFT (subpixel='response')": resp.extract,
+    return {"LIFT (subpixel='response', default)": resp.extract,
+            "LIFT (subpixel='quadratic')": quad.extract,
             "OpenCV SIFT": run_sift}
 
 

@@ -209,11 +209,11 @@ def main(argv=None) -> Path:
     n_sift = np.mean([len(sift.detect(im, None)) for im in images])
     n_lift = np.mean([len(ex.extract(im)) for im in images])
     same_n = LIFT(model, max_keypoints=int(round(n_sift)))
-    subpix = LIFT(model, max_keypoints=args.max_keypoints, subpixel="response")
+    quadfit = LIFT(model, max_keypoints=args.max_keypoints, subpixel="quadratic")
     res = paired_ms({"sift": lambda im: sift.detectAndCompute(im, None),
                      "lift": lambda im: ex.extract(im),
                      "lift_same_n": lambda im: same_n.extract(im),
-                     "lift_subpix": lambda im: subpix.extract(im)}, images, args.repeats)
+                     "lift_quad": lambda im: quadfit.extract(im)}, images, args.repeats)
     t_sift = res["sift"][0]
     rows.append(("cv2 SIFT detectAndCompute", t_sift, n_sift, 1.0, 1.0))
     rows.append(("lift detect_and_describe", res["lift"][0], n_lift, res["lift"][0] / t_sift,
@@ -221,8 +221,8 @@ def main(argv=None) -> Path:
     rows.append((f"lift, max_keypoints = SIFT's mean count ({n_sift:.0f})", res["lift_same_n"][0],
                  np.mean([len(same_n.extract(im)) for im in images]),
                  res["lift_same_n"][0] / t_sift, res["lift_same_n"][1]))
-    rows.append(("lift, subpixel='response' (lift-sfm's setting)", res["lift_subpix"][0], n_lift,
-                 res["lift_subpix"][0] / t_sift, res["lift_subpix"][1]))
+    rows.append(("lift, subpixel='quadratic' (quadratic fit, the default until 2026-12-01)",
+                 res["lift_quad"][0], n_lift, res["lift_quad"][0] / t_sift, res["lift_quad"][1]))
     paper = LIFT(LIFTModel(lift.model.PAPER_CONFIG).eval(), max_keypoints=args.max_keypoints)
     t_paper = median_ms(lambda im: paper.extract(im), images[:2], 1)
     rows.append(("lift, paper architecture (random init; 25 px detector, 64 px patches)", t_paper,

@@ -56,7 +56,7 @@ class Method:
 METHODS: Dict[str, _Entry] = {}
 
 #: What ``lift-bench`` runs when ``--methods`` is not given.
-DEFAULT_METHODS = ("lift", "lift+subpix", "sift", "rootsift", "orb", "akaze", "brisk",
+DEFAULT_METHODS = ("lift", "lift+quadratic", "sift", "rootsift", "orb", "akaze", "brisk",
                    "sift+vgg", "sift+boost", "sift+teblid")
 
 
@@ -239,8 +239,15 @@ def lift_method(max_keypoints, variant=None, device=None, **knobs):
     return extract
 
 
-@register_method("lift+subpix", "LIFT with sub-pixel positions from the detector's continuous "
-                 "response (subpixel='response', lift-sfm's setting); 'lift+subpix:<name>' selects weights")
+@register_method("lift+quadratic", "LIFT with sub-pixel positions from a quadratic fit to the "
+                 "detector scores (subpixel='quadratic', the default until 2026-12-01); "
+                 "'lift+quadratic:<name>' selects weights")
+def lift_quadratic_method(max_keypoints, variant=None, device=None):
+    return lift_method(max_keypoints, variant, device, subpixel="quadratic")
+
+
+@register_method("lift+subpix", "LIFT with subpixel='response' (since 2026-12-01 the same as 'lift', "
+                 "kept for old commands); 'lift+subpix:<name>' selects weights")
 def lift_subpix_method(max_keypoints, variant=None, device=None):
     return lift_method(max_keypoints, variant, device, subpixel="response")
 

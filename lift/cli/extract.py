@@ -90,8 +90,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="neighbouring scales a keypoint must beat (default 0, for matching; "
                              "1 as lift-sfm: one keypoint per blob, for SfM)")
     parser.add_argument("--subpixel", default=None, choices=["quadratic", "response"],
-                        help="sub-pixel positions: quadratic fit (default) or the detector's "
-                             "continuous response (more precise, 3-7 %% slower; lift-sfm's setting)")
+                        help="sub-pixel positions: the soft-argmax of the detector's continuous "
+                             "response (default, as lift-sfm) or a quadratic fit to its scores")
     parser.add_argument("--num-workers", type=int, default=2, help="image decoding worker processes")
     parser.add_argument("--overwrite", action="store_true", help="recompute images already in the output")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "gives near-duplicate tracks)")
     g.add_argument("--subpixel", default="response", choices=["response", "quadratic"],
                    help="lift: sub-pixel positions from the detector's continuous response "
-                        "(precise) or a quadratic fit to its scores (the matching default, faster)")
+                        "(precise; also the matching default) or a quadratic fit to its scores")
     g = p.add_argument_group("matching")
     g.add_argument("--pairs", default="exhaustive", help="exhaustive | sequential:K | an hloc pairs file")
     g.add_argument("--matcher", default="mnn", choices=["mnn", "ratio", "mnn_ratio"])

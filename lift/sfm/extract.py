@@ -70,8 +70,8 @@ class ExtractConf:
             near-duplicate tracks, and castle-P19 reconstructed broken with them (camera centre
             error 7.7 m against 0.24 m with 1; ``tools/bench_sfm.py``, ``BENCHMARKS.md``).
         subpixel: the ``lift`` extractor's :class:`lift.LIFTConfig` ``subpixel`` ["response"]:
-            keypoint positions from the soft-argmax of the detector's continuous response, more
-            precise than the matching default's quadratic fit at 3-13 % of the extraction time;
+            keypoint positions from the soft-argmax of the detector's continuous response (also
+            the matching default), more precise than a quadratic fit to the scores;
             on the benchmark scenes it gives 2-20 % more 3-D points and a lower reprojection
             error than the arg-max of the response it replaced (``tools/bench_sfm.py``;
             ``BENCHMARKS.md``).
