@@ -247,6 +247,49 @@ def test_shipped_weights_refine_the_coarse_alignment(photo):
     assert fine.matchability[inside].mean() > 0.9
 
 
+def test_variational_refinement_removes_a_known_flow_error(photo):
+    """refine_flow started from the true flow plus a smooth 0.8 px error brings most pixels back
+    within 0.25 px; non-finite input counts as 0; bad shapes and levels are refused."""
+    from correspondence.ransac_flow import refine_flow
+
+    target, gt, inside = _nonrigid_pair(photo)
+    inside[:24], inside[-24:], inside[:, :24], inside[:, -24:] = False, False, False, False
+    h, w = photo.shape
+    err = cv2.resize(np.float32([[[0.8, 0.0], [0.0, 0.8]], [[-0.6, 0.5], [0.5, -0.6]]]), (w, h),
+                     interpolation=cv2.INTER_CUBIC)
+    start = gt + err
+    before = np.linalg.norm(start - gt, axis=-1)[inside]
+    out = refine_flow(start, photo, target)
+    after = np.linalg.norm(out - gt, axis=-1)[inside]
+    assert out.shape == gt.shape and out.dtype == np.float32
+    # measured: median 0.59 -> 0.16 px, 94 % within 0.5 px
+    assert np.median(before) > 0.5 and np.median(after) < 0.25, (np.median(before), np.median(after))
+    assert np.mean(after < 0.5) > 0.8
+    nan_start = start.copy()
+    nan_start[:3] = np.nan
+    assert np.isfinite(refine_flow(nan_start, photo, target)).all()
+    with pytest.raises(ValueError):
+        refine_flow(start[:10], photo, target)
+    with pytest.raises(ValueError):
+        refine_flow(start, photo, target, levels=0)
+    with pytest.raises(ValueError):
+        align(photo, target, model=None, refine="dense")
+
+
+def test_variational_stage_improves_the_fine_flow(photo):
+    """The default alignment (fine network + variational refinement) is more precise than the
+    fine network's fused flow alone on a non-rigid pair."""
+    target, gt, inside = _nonrigid_pair(photo, seed=1)
+    inside[:16], inside[-16:], inside[:, :16], inside[:, -16:] = False, False, False, False
+    plain = align(photo, target, model="default", max_homographies=1, refine=None)
+    refined = align(photo, target, model="default", max_homographies=1)
+    e_p = np.linalg.norm(plain.flow - gt, axis=-1)[inside]
+    e_r = np.linalg.norm(refined.flow - gt, axis=-1)[inside]
+    # measured: 1.27 -> 0.58 px mean, 33 % -> 81 % of the pixels within 0.5 px
+    assert e_r.mean() < 0.65 * e_p.mean(), (e_r.mean(), e_p.mean())
+    assert np.mean(e_r < 0.5) > np.mean(e_p < 0.5) + 0.3, (np.mean(e_r < 0.5), np.mean(e_p < 0.5))
+
+
 def test_lift_align_cli(tmp_path, capsys):
     from correspondence.cli.align import main
 

@@ -20,8 +20,9 @@ Data (ground truth on the first image's grid, pixel ``p`` of image 0 -> ``p + fl
 Metrics on valid pixels: AEPE (px) and PCK@1/3/5 (fraction with end-point error below 1/3/5
 px), averaged over pairs; time = median seconds per pair on 2 threads (torch and OpenCV).
 
-Methods (one run): ours (coarse multi-homography + fine network), ours with one homography
-(ablation), coarse only (one homography / multi-homography), SIFT + RANSAC homography
+Methods (one run): ours (coarse multi-homography + fine network + variational refinement, the
+defaults of ``RansacFlow``), ours with one homography and ours without the variational
+refinement (ablations), coarse only (one homography / multi-homography), SIFT + RANSAC homography
 (cv2.SIFT 4000, ratio 0.8, cv2.findHomography RANSAC 3 px), cv2 DIS (medium preset), Farneback
 (pyr 0.5, 5 levels, window 15) and DeepFlow (cv2.optflow). Homography-only methods extend their
 flow over the whole image.
@@ -187,8 +188,9 @@ def _homography_flow(H, w, h):
 def methods(model: str) -> Dict[str, Callable]:
     ours = RansacFlow(model=model, max_homographies=3)
     ours1 = RansacFlow(model=model, max_homographies=1, features=ours.features)
-    coarse1 = RansacFlow(model=None, max_homographies=1, features=ours.features)
-    coarse3 = RansacFlow(model=None, max_homographies=3, features=ours.features)
+    ours_nv = RansacFlow(model=model, max_homographies=3, features=ours.features, refine=None)
+    coarse1 = RansacFlow(model=None, max_homographies=1, features=ours.features, refine=None)
+    coarse3 = RansacFlow(model=None, max_homographies=3, features=ours.features, refine=None)
     sift = cv2.SIFT_create(4000)
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     deep = cv2.optflow.createOptFlow_DeepFlow()
@@ -209,8 +211,9 @@ def methods(model: str) -> Dict[str, Callable]:
         return np.zeros((h, w, 2), np.float32) if H is None else _homography_flow(H, w, h)
 
     return {
-        "ours (multi-H + fine)": lambda a, b: ours(a, b).flow,
+        "ours (multi-H + fine + variational)": lambda a, b: ours(a, b).flow,
         "ours, 1 homography": lambda a, b: ours1(a, b).flow,
+        "ours without the variational refinement": lambda a, b: ours_nv(a, b).flow,
         "coarse only, 1 homography": lambda a, b: coarse1(a, b).flow,
         "coarse only, multi-H": lambda a, b: coarse3(a, b).flow,
         "SIFT + RANSAC homography": sift_h,
@@ -272,7 +275,8 @@ def write_report(path: Path, results, command: str, machine: str, wall: float, m
              f"- fine-network weights: `{model}`; ours = `correspondence.ransac_flow.RansacFlow` "
              f"defaults (coarse size {defaults['coarse_size']}, {len(defaults['scales'])} source scales, "
              f"fine size {defaults['fine_size']}, up to {defaults['max_homographies']} homographies, "
-             f"matchability threshold {defaults['matchability_threshold']:g}).",
+             f"matchability threshold {defaults['matchability_threshold']:g}, refinement "
+             f"{defaults['refine']!r} over {defaults['refine_levels']} levels).",
              "- metrics on valid ground-truth pixels, averaged over pairs; time = median s per "
              "pair, 2 threads. Protocol: module docstring of `tools/bench_flow.py`.", ""]
     for set_name, res in results.items():

@@ -114,6 +114,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Path:
     parser.add_argument("--fine-size", type=int, default=1024,
                         help="long side of the fine network's working resolution")
     parser.add_argument("--coarse-size", type=int, default=256)
+    parser.add_argument("--no-refine", action="store_true",
+                        help="skip the final variational refinement of the flows")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
@@ -136,7 +138,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Path:
     t0 = time.perf_counter()
     res = align(src, tgt, model=None if args.coarse_only else args.model,
                 max_homographies=args.max_homographies, fine_size=args.fine_size,
-                coarse_size=args.coarse_size, device=args.device)
+                coarse_size=args.coarse_size, device=args.device,
+                refine=None if args.no_refine else "variational")
     dt = time.perf_counter() - t0
     out = Path(args.output)
     _write_png(out.with_name(out.name + "_warped.png"), _rgb(res.warped))
