@@ -268,6 +268,10 @@ def test_variational_refinement_removes_a_known_flow_error(photo):
     nan_start = start.copy()
     nan_start[:3] = np.nan
     assert np.isfinite(refine_flow(nan_start, photo, target)).all()
+    # float images in [0, 1] or 0..255 give the uint8 result
+    np.testing.assert_allclose(refine_flow(start, photo / 255.0, target / 255.0), out, atol=1e-4)
+    np.testing.assert_allclose(refine_flow(start, photo.astype(np.float32), target.astype(np.float32)),
+                               out, atol=1e-4)
     with pytest.raises(ValueError):
         refine_flow(start[:10], photo, target)
     with pytest.raises(ValueError):

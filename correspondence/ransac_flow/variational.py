@@ -27,11 +27,16 @@ __all__ = ["refine_flow"]
 
 
 def _to_u8(image) -> np.ndarray:
-    """``H x W`` grey image (uint8, or float in [0, 1]) -> contiguous uint8."""
+    """``H x W`` grey image -> contiguous uint8: uint8 as is; floats in [0, 1], or 0..255 when
+    their maximum exceeds 1 (the rule of :func:`lift.image.to_gray_tensor`), non-finite values
+    as 0; other integer types clipped to 0..255."""
     a = np.asarray(image)
-    if a.dtype != np.uint8:
-        a = np.clip(np.rint(np.asarray(a, np.float32) * 255.0), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(a)
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if a.dtype.kind == "f":
+        a = np.nan_to_num(np.asarray(a, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        a = a if a.size and a.max() > 1.0 else a * 255.0
+    return np.ascontiguousarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
 
 
 def refine_flow(flow: np.ndarray, first, second, levels: int = 3, fixed_point_iterations: int = 5,
@@ -40,7 +45,8 @@ def refine_flow(flow: np.ndarray, first, second, levels: int = 3, fixed_point_it
 
     Args:
         flow: initial flow, ``first[p] ~ second[p + flow[p]]``.
-        first, second: ``H x W`` grey images of the same size (uint8, or float in [0, 1]).
+        first, second: ``H x W`` grey images of the same size (uint8, or float in [0, 1]; a
+            float image whose maximum exceeds 1 is read as 0..255).
         levels: pyramid sizes (1 = the full resolution only); coarser levels stop at 16 px.
         fixed_point_iterations, sor_iterations: OpenCV's inner solver settings (its defaults).
 
