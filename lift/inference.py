@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import GHH, MaxPool, centre_patches, output_shape
+from .layers import GHH, MaxPool, centre_patches, ghh_piece_major, output_shape, piece_major_order
 
 __all__ = ["inference_net", "fold_batch_norm", "FastReLU", "FlatLinear", "SpaceToDepthConv",
            "BlockGHH", "standardized_window"]
@@ -119,9 +119,8 @@ class SpaceToDepthConv(nn.Module):
 
 class BlockGHH(nn.Module):
     """:func:`lift.layers.ghh` (last dimension) for a linear layer whose output units were
-    permuted by :meth:`permutation`: the ``num_max`` pieces are ``num_max`` contiguous blocks
-    of ``num_sum * C`` units and the ``num_sum`` groups ``C``-unit blocks within them, so both
-    the maxima and the signed sum are elementwise ops on contiguous slices."""
+    permuted by :meth:`permutation` (:func:`lift.layers.piece_major_order`), computed by
+    :func:`lift.layers.ghh_piece_major` on contiguous slices."""
 
     def __init__(self, num_sum: int, num_max: int):
         super().__init__()
@@ -129,23 +128,10 @@ class BlockGHH(nn.Module):
 
     def permutation(self, units: int) -> torch.Tensor:
         """``perm`` with ``new_layer.weight = old.weight[perm]`` for ``units`` outputs."""
-        ns, nm = self.num_sum, self.num_max
-        c = units // (ns * nm)
-        m, n, k = torch.meshgrid(torch.arange(nm), torch.arange(ns), torch.arange(c), indexing="ij")
-        return (k * ns * nm + n * nm + m).reshape(-1)
+        return piece_major_order(units, self.num_sum, self.num_max)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ns, nm = self.num_sum, self.num_max
-        block = x.shape[-1] // nm
-        y = x[..., :block]
-        for m in range(1, nm):
-            y = torch.maximum(y, x[..., m * block:(m + 1) * block])
-        c = block // ns
-        out = y[..., :c]
-        for n in range(1, ns):
-            part = y[..., n * c:(n + 1) * c]
-            out = out - part if n % 2 else out + part
-        return out
+        return ghh_piece_major(x, self.num_sum, self.num_max)
 
 
 def standardized_window(patches: torch.Tensor, crop: int, dtype: torch.dtype) -> torch.Tensor:

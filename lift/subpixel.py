@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .detector import Detector
-from .layers import ghh
+from .layers import ghh_piece_major, piece_major_order
 
 __all__ = ["refine_on_response", "cubic_weights", "REVISION"]
 
@@ -106,7 +106,7 @@ def refine_on_response(detector: Detector, level_images: Sequence[torch.Tensor],
     # the detector's input map (x - 0.5) * 2 folded into its weights; output channels reordered
     # piece-major ((m, n) instead of (n, m)), so that the GHH maxima read contiguous blocks
     ns, nm = detector.num_sum, detector.num_max
-    perm = torch.arange(ns * nm, device=device).view(ns, nm).t().reshape(-1)
+    perm = piece_major_order(ns * nm, ns, nm).to(device)
     weight = 2.0 * detector.conv.weight[perm]
     bias = (detector.conv.bias - detector.conv.weight.sum((1, 2, 3)))[perm]
     ox, oy = [], []
@@ -114,15 +114,9 @@ def refine_on_response(detector: Detector, level_images: Sequence[torch.Tensor],
         windows = flat[idx[s0:s0 + _CHUNK]][:, None]  # k' x 1 x (2r+1) x (2r+1)
         resp = F.conv2d(windows, weight, bias)  # k' x C x taps x taps
         kc, cc = resp.shape[:2]
-        a = (resp.reshape(kc * cc, taps * taps) @ kron).view(kc, nm, ns, n * n)
-        # GHH over the channels: max over the nm pieces, then the signed sum over the ns groups
-        mx = a[:, 0]
-        for j in range(1, nm):
-            mx = torch.maximum(mx, a[:, j])
-        score = mx[:, 0]
-        for j in range(1, ns):
-            score = score - mx[:, j] if j % 2 else score + mx[:, j]
-        z = beta * score  # k' x (n x-offsets * n y-offsets)
+        a = (resp.reshape(kc * cc, taps * taps) @ kron).view(kc, cc, n * n)
+        score = ghh_piece_major(a, ns, nm, dim=1)[:, 0]  # k' x (n x-offsets * n y-offsets)
+        z = beta * score
         p = torch.softmax(z - z.amax(1, keepdim=True), 1).view(kc, n, n)
         ox.append(p.sum(2) @ offs)
         oy.append(p.sum(1) @ offs)

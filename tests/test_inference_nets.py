@@ -60,6 +60,10 @@ def test_space_to_depth_and_block_ghh_rewrites_are_exact():
     perm = block.permutation(1600)
     assert sorted(perm.tolist()) == list(range(1600))
     torch.testing.assert_close(block(h[:, perm]), ghh(h, 4, 4), atol=0, rtol=0)
+    from lift.layers import ghh_piece_major, piece_major_order  # the same along any dimension
+    maps = torch.randn(5, 16, 7, 3)  # the detector's 16 channels (one output)
+    torch.testing.assert_close(ghh_piece_major(maps[:, piece_major_order(16, 4, 4)], 4, 4, dim=1),
+                               ghh(maps, 4, 4, dim=1), atol=0, rtol=0)
     model = _trained_like(FAST_CONFIG)
     for name in ("orientation", "descriptor"):
         fast = inference_net(getattr(model, name))
