@@ -5,7 +5,9 @@ both libraries, one warm-up call per image, then ``--repeats`` rounds in which S
 run over all images; the median per-image wall time of each and the median of the paired
 (same image, same round) time ratios; keypoint counts reported (lift also at SIFT's keypoint
 count). The same protocol then runs on a second set, real photos from ``../shared/data`` never
-used for training (skipped without it), on which SIFT finds more of its 2048 keypoints. OpenMP's
+used for training (skipped without it), on which SIFT finds more of its 2048 keypoints, and the
+headline pair again in two fresh processes, with and without glibc keeping freed memory
+(``KEEP_FREED_MEMORY``), with the page faults of each library. OpenMP's
 wait policy is the library default unless ``--omp-wait-policy`` says otherwise.
 A stage breakdown of lift (scale space + NMS, orientation, descriptors) is measured with the same
 protocol. Writes a Markdown report.
@@ -61,6 +63,26 @@ def photos(size=(640, 480)):
     return out
 
 
+def load_model(name: str):
+    """``(LIFTModel, description)``: the named weights, or a seeded random-init model of the same
+    architecture (and cost) when the weights file is absent."""
+    try:
+        return LIFTModel.load(name), f"weights `{name}`"
+    except FileNotFoundError:
+        torch.manual_seed(0)
+        return LIFTModel().eval(), "random-init weights (shipped weights absent; same architecture and cost)"
+
+
+TABLE_HEAD = ["| method | median ms / image | keypoints / image | time vs SIFT (medians) | time vs SIFT (paired) |",
+              "|---|---:|---:|---:|---:|"]
+
+
+def table_rows(rows):
+    """Markdown rows of ``(name, ms, keypoints, ratio of medians, paired ratio)`` (NaN: blank)."""
+    return [f"| {name} | {t:.1f} | {'' if np.isnan(n) else f'{n:.0f}'} | {r:.2f}x | "
+            f"{'' if np.isnan(rp) else f'{rp:.2f}x'} |" for name, t, n, r, rp in rows]
+
+
 def real_photos(size=(640, 480)):
     """The held-out real photos (see ``REAL_GLOBS``) resized to ``size`` grey, or [] without
     ``../shared``."""
@@ -104,7 +126,7 @@ def child_pair(args) -> None:
     import resource
 
     images = photos()
-    ex = LIFT(LIFTModel.load(args.model), max_keypoints=args.max_keypoints)
+    ex = LIFT(load_model(args.model)[0], max_keypoints=args.max_keypoints)
     sift = cv2.SIFT_create(args.max_keypoints)
     faults = {"sift": 0, "lift": 0}
 
@@ -195,13 +217,7 @@ def main(argv=None) -> Path:
     if args.child_pair:
         return child_pair(args)
     images = photos()
-    try:
-        model = LIFTModel.load(args.model)
-        note = f"weights `{args.model}`"
-    except FileNotFoundError:
-        torch.manual_seed(0)
-        model = LIFTModel().eval()
-        note = "random-init weights (shipped weights absent; same architecture and cost)"
+    model, note = load_model(args.model)
     ex = LIFT(model, max_keypoints=args.max_keypoints)
     sift = cv2.SIFT_create(args.max_keypoints)
     rows = []
@@ -253,24 +269,17 @@ def main(argv=None) -> Path:
         f"- lift model: {note}",
         f"- load average (1 min) at start / end: {load0:.2f} / {os.getloadavg()[0]:.2f}",
         "",
-        "| method | median ms / image | keypoints / image | time vs SIFT (medians) | time vs SIFT (paired) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, t, n, r, rp in rows:
-        lines.append(f"| {name} | {t:.1f} | {'' if np.isnan(n) else f'{n:.0f}'} | {r:.2f}x | "
-                     f"{'' if np.isnan(rp) else f'{rp:.2f}x'} |")
-    lines += [""]
+    ] + TABLE_HEAD + table_rows(rows) + [""]
     if real:
+        t_s, t_l = res_real["sift"][0], res_real["lift"][0]
         lines += [f"The same protocol on {len(real)} real photos never used for training "
                   "(`../shared/data`: Urban100 img_091-100, the held-out test photos of the "
                   "synthetic training set, and the first images of the Oxford boat and iguazu "
-                  "pairs; 640x480 grey), where SIFT finds more of its 2048 keypoints:", "",
-                  "| method | median ms / image | keypoints / image | time vs SIFT (medians) | time vs SIFT (paired) |",
-                  "|---|---:|---:|---:|---:|",
-                  f"| cv2 SIFT detectAndCompute | {res_real['sift'][0]:.1f} | {n_sift_real:.0f} | 1.00x | 1.00x |",
-                  f"| lift detect_and_describe | {res_real['lift'][0]:.1f} | "
-                  f"{np.mean([len(ex.extract(im)) for im in real]):.0f} | "
-                  f"{res_real['lift'][0] / res_real['sift'][0]:.2f}x | {res_real['lift'][1]:.2f}x |", ""]
+                  "pairs; 640x480 grey), where SIFT finds more of its 2048 keypoints:", ""]
+        lines += TABLE_HEAD + table_rows([
+            ("cv2 SIFT detectAndCompute", t_s, n_sift_real, 1.0, 1.0),
+            ("lift detect_and_describe", t_l, np.mean([len(ex.extract(im)) for im in real]),
+             t_l / t_s, res_real["lift"][1])]) + [""]
     else:
         lines += [f"(The second image set, real photos from `{SHARED}`, is absent on this machine.)", ""]
     d, k = alloc["default"], alloc["keep_freed"]
