@@ -237,6 +237,58 @@ def test_orientation_equivariance_term_adds_to_the_loss(tiny_h5):
                                               rel=1e-5)
 
 
+def test_orientation_detection_noise_shifts_each_crop_within_bounds(tiny_h5):
+    tr, _ = _datasets(tiny_h5)
+    batch = collate([tr[i] for i in range(8)])
+    torch.manual_seed(0)
+    geom = PatchGeometry(128, 12.0)
+    seen = []
+
+    def stage_with(**kw):
+        st = make_stage("ori", LIFTModel(), geom, equivariance_weight=1.0, **kw)
+        inner = st.orient
+        st.orient = lambda pyr, off=None, frame=None, scales=None: (
+            seen.append((off, scales)), inner(pyr, off, frame, scales))[1]
+        return st
+
+    exact = stage_with()(batch, torch.Generator().manual_seed(3))
+    assert [s for s in seen] == [(None, None), (None, None)]
+    seen.clear()
+    noisy = stage_with(ori_jitter_xy=0.5, ori_jitter_scale=0.1)(batch, torch.Generator().manual_seed(3))
+    (off1, scl1), (off2, scl2) = seen
+    assert off1.shape == (16, 2) and scl1.shape == (16,)
+    for off, scl in seen:  # +- 0.5 sigma per axis, 2^+-0.1 in scale, and not all tiny
+        assert off.abs().max() <= 0.5 * geom.sigma + 1e-6 and off.abs().max() > 0.3 * geom.sigma
+        assert (scl.log2().abs() <= 0.1 + 1e-6).all() and scl.log2().abs().max() > 0.05
+    assert not torch.allclose(off1, off2)  # independent per frame, as two detections are
+    assert noisy["loss"].item() != pytest.approx(exact["loss"].item(), rel=1e-6)
+    with pytest.raises(ValueError, match="ori_jitter"):
+        make_stage("ori", LIFTModel(), geom, ori_jitter_xy=-0.1)
+
+
+def test_quarter_turn_term_sees_exactly_rotated_crops(tiny_h5):
+    from lift.training.crops import crop_patches
+
+    tr, _ = _datasets(tiny_h5)
+    batch = collate([tr[i] for i in range(8)])
+    geom = PatchGeometry(128, 12.0)
+    x = batch["patches"][:, 0].float() / 255.0
+    pyr = geom.pyramid(x, 32)
+    frame = torch.linspace(-3.0, 3.0, len(x))
+    a = crop_patches(pyr, geom, 32, None, frame)
+    b = crop_patches(pyr, geom, 32, None, frame + math.pi / 2)
+    # the same pixel values, turned by a quarter: what makes the term an exact target
+    err = min((torch.rot90(a, k, dims=(2, 3)) - b).abs().max().item() for k in (1, 3))
+    assert err < 1e-4
+    torch.manual_seed(0)
+    model = LIFTModel()
+    plain = make_stage("ori", model, geom)(batch, torch.Generator().manual_seed(3))
+    quarter = make_stage("ori", model, geom, quarter_weight=2.0)(batch, torch.Generator().manual_seed(3))
+    assert 0.0 < quarter["quarter"].item() <= 2.0
+    assert quarter["loss"].item() == pytest.approx(plain["loss"].item() + 2 * quarter["quarter"].item(),
+                                                   rel=1e-5)
+
+
 def test_rot90_augmentation_turns_each_patch_about_its_centre(tiny_h5):
     tr, _ = _datasets(tiny_h5)
     batch = collate([tr[i] for i in range(6)])

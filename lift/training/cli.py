@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ori stage: weight of the supervised relative-angle term")
     g.add_argument("--equivariance-weight", type=float, default=0.0,
                    help="ori stage: weight of the same-patch rotation-equivariance term")
+    g.add_argument("--ori-jitter-xy", type=float, default=0.0,
+                   help="ori stage: orientation crops shifted by +- this many sigma per axis, "
+                        "independently per view (detection noise; 0 = exact keypoints)")
+    g.add_argument("--ori-jitter-scale", type=float, default=0.0,
+                   help="ori stage: orientation crop scale jitter, +- log2")
+    g.add_argument("--quarter-weight", type=float, default=0.0,
+                   help="ori stage: weight of the exact quarter-turn equivariance term")
     g.add_argument("--rot90", action="store_true",
                    help="det/joint: random quarter-turn augmentation of the patches")
     g.add_argument("--class-weight", type=float, default=1.0, help="det/joint classification")
@@ -125,7 +132,9 @@ def train(args: argparse.Namespace) -> Path:
                        class_weight=args.class_weight,
                        equivariance_weight=args.equivariance_weight,
                        scale_weight=args.scale_weight, rot90=args.rot90,
-                       loc_weight=args.loc_weight, loc_beta=args.loc_beta)
+                       loc_weight=args.loc_weight, loc_beta=args.loc_beta,
+                       ori_jitter_xy=args.ori_jitter_xy, ori_jitter_scale=args.ori_jitter_scale,
+                       quarter_weight=args.quarter_weight)
     extra = {"data": [Path(d).name for d in args.data], "init": args.init and Path(args.init).name,
              "fresh": list(args.fresh),
              "options": {k: getattr(args, k) for k in ("margin", "jitter_xy", "jitter_scale",
@@ -133,7 +142,8 @@ def train(args: argparse.Namespace) -> Path:
                                                        "class_weight",
                                                        "pair_weight", "det_crop",
                                                        "scale_weight", "rot90", "loc_weight",
-                                                       "loc_beta")}}
+                                                       "loc_beta", "ori_jitter_xy",
+                                                       "ori_jitter_scale", "quarter_weight")}}
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       lr_end=args.lr_end, weight_decay=args.weight_decay, seed=args.seed,
                       ckpt_every=args.ckpt_every, val_every=args.val_every,
