@@ -3,7 +3,7 @@
     python tools/plot_training.py runs/train lift/weights
 
 Reads ``<run>/log.csv`` and ``<run>/val.jsonl`` of the stage runs (``desc_a``, ``desc``, ``ori``,
-``det``, ``joint``, ``det2``, ``det3``, ``ori2``, ``ori3``, ``ori4``, in that order) and writes
+``det``, ``joint``, ``det2``, ``det3``, ``ori2``, ``ori3``, ``ori4``, ``ori5``, ``ori6``, in that order) and writes
 into the output folder (a run whose folder is missing keeps its rows of the existing
 ``training_log.csv``, so a record survives the deletion of old run folders):
 ``training_log.csv`` (training loss every 50 steps and every validation, one row per (stage,
@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-RUNS = ("desc_a", "desc", "ori", "det", "joint", "det2", "det3", "ori2", "ori3", "ori4")
+RUNS = ("desc_a", "desc", "ori", "det", "joint", "det2", "det3", "ori2", "ori3", "ori4", "ori5", "ori6")
 METRICS = ("fpr95_gt", "fpr95_ori", "ori_err_deg", "fpr95_chain", "det_auc")
 
 
