@@ -153,7 +153,7 @@ def orientation_benchmark(model, folder: Path, max_points: int = 1000) -> dict:
     sift = cv2.SIFT_create(nfeatures=max_points)
     lift_ = LIFT(model)
     errs = {"SIFT": [], "LIFT": [], "LIFT (exact keypoint)": []}
-    sigmas = []
+    sigmas, angles = [], []
     rot_files = sorted(folder.glob("*_rot*.jpg"))
     originals = folder.parent / "mapping"
     for rf in rot_files:
@@ -191,13 +191,16 @@ def orientation_benchmark(model, folder: Path, max_points: int = 1000) -> dict:
             e_lift = f.oris - f0.oris - gt
             errs[name].append(np.arctan2(np.sin(e_lift), np.cos(e_lift)))
         sigmas.append(s0[i0])
+        angles.append(np.full(len(i0), a))
     out = {"pairs": len(rot_files)}
     small = np.concatenate(sigmas) < 2.0 if sigmas else np.zeros(0, bool)
+    ang = np.concatenate(angles) if angles else np.zeros(0)
     for k, v in errs.items():
         e = np.degrees(np.abs(np.concatenate(v))) if v else np.zeros(0)
         out[k] = {"points": int(len(e)), "median_deg": float(np.median(e)) if len(e) else None,
                   "under10": float((e < 10).mean()) if len(e) else None,
-                  "median_small_deg": float(np.median(e[small])) if small.any() else None}
+                  "median_small_deg": float(np.median(e[small])) if small.any() else None,
+                  "median_by_angle": {int(a): float(np.median(e[ang == a])) for a in np.unique(ang)}}
     return out
 
 
@@ -248,6 +251,16 @@ def main(argv=None) -> Path:
                 small = "-" if o["median_small_deg"] is None else f"{o['median_small_deg']:.2f} deg"
                 lines.append(f"| {k} | {o['points']} | {o['median_deg']:.2f} deg | "
                              f"{100 * o['under10']:.1f} % | {small} |")
+        by = [k for k in ("SIFT", "LIFT", "LIFT (exact keypoint)") if ori[k]["points"]]
+        if by:
+            degs = sorted({a for k in by for a in ori[k]["median_by_angle"]})
+            lines += ["", "Median error (deg) by clockwise rotation A (quarter turns map the pixel grid "
+                      "onto itself):", "",
+                      "| method | " + " | ".join(f"A = {a}" for a in degs) + " |",
+                      "|---|" + "---|" * len(degs)]
+            for k in by:
+                m = ori[k]["median_by_angle"]
+                lines.append(f"| {k} | " + " | ".join(f"{m[a]:.2f}" if a in m else "-" for a in degs) + " |")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
