@@ -50,7 +50,8 @@ class LIFTConfig:
             scales; 0 = every spatial maximum of every level is a candidate, the best scores
             win [0]. The shipped detector's response is sharply tuned in scale, so keypoints at
             adjacent scales of one location describe it at slightly different scales, as
-            SIFT's extra orientations do; on boat + iguazu with the shipped weights, MMA@3 is
+            SIFT's extra orientations do; on boat + iguazu with the weights shipped until
+            2026-12-01 evening (orientation network ``ori4``), MMA@3 is
             65.4 % at 0 against 60.1 % at 1 with 8 levels per octave (1.5x slower) and 49.5 %
             at 1 with 4 (SIFT: 46.2 %). At 0, 60 % of the keypoints have another within 1 px
             (SIFT: 39 %), with more distinct pixel locations than SIFT (1711 against 1636 of
@@ -66,9 +67,9 @@ class LIFTConfig:
             until 2026-12-01. The response is more precise (median re-detection error after
             known warps 0.09-0.17 px against 0.18-0.28, ``tools/bench_localisation.py``) and
             matches better (``BENCHMARKS.md``, ``lift`` against ``lift+quadratic``:
-            synthetic-warp MMA@1 / @3 39.2 / 47.7 % against 34.8 / 45.4 %, homography accuracy
-            @5 px 68.9 against 60.0 %; boat + iguazu MMA@3 65.1 against 65.4 %; Strecha pose
-            AUC@5 60.9 against 53.6 %), for 8 % more time per 640 x 480 image at 2048 keypoints
+            synthetic-warp MMA@1 / @3 39.9 / 48.6 % against 35.5 / 46.6 %, homography accuracy
+            @3 px 55.6 against 53.3 %; boat + iguazu MMA@3 68.0 against 67.8 %; Strecha
+            epipolar precision 49.4 against 47.8 %), for 8 % more time per 640 x 480 image at 2048 keypoints
             (paired in-process runs without page faults; 14 % in ``tools/bench_speed.py``'s
             run) ["response"].
         upright: skip the orientation network, all orientations 0 [False].
