@@ -145,6 +145,15 @@ def rotate_points(xy: np.ndarray, angle_deg: float, size) -> np.ndarray:
     return (xy - c) @ r.T + c
 
 
+#: the rows of the orientation benchmark
+ORI_METHODS = ("SIFT", "LIFT", "LIFT (exact keypoint)")
+
+
+def unoriented(xy: np.ndarray, sigma: np.ndarray) -> list:
+    """``cv2.KeyPoint`` s at ``xy`` with OpenCV size 2 sigma and no angle (-1: LIFT estimates it)."""
+    return [cv2.KeyPoint(float(x), float(y), float(2 * s), -1) for (x, y), s in zip(xy, sigma)]
+
+
 def orientation_benchmark(model, folder: Path, max_points: int = 1000) -> dict:
     """Median orientation error of SIFT and LIFT on exactly rotated photos."""
     from lift.pipeline import LIFT
@@ -152,7 +161,7 @@ def orientation_benchmark(model, folder: Path, max_points: int = 1000) -> dict:
 
     sift = cv2.SIFT_create(nfeatures=max_points)
     lift_ = LIFT(model)
-    errs = {"SIFT": [], "LIFT": [], "LIFT (exact keypoint)": []}
+    errs = {k: [] for k in ORI_METHODS}
     sigmas, angles = [], []
     rot_files = sorted(folder.glob("*_rot*.jpg"))
     originals = folder.parent / "mapping"
@@ -179,14 +188,9 @@ def orientation_benchmark(model, folder: Path, max_points: int = 1000) -> dict:
         gt = math.radians(a)
         e_sift = o1[i1] - o0[i0] - gt
         errs["SIFT"].append(np.arctan2(np.sin(e_sift), np.cos(e_sift)))
-        kp0 = [cv2.KeyPoint(float(x), float(y), float(2 * s), -1) for (x, y), s in
-               zip(xy0[i0], s0[i0])]
-        kp1 = [cv2.KeyPoint(float(x), float(y), float(2 * s), -1) for (x, y), s in
-               zip(xy1[i1], s1[i1])]
-        kp_exact = [cv2.KeyPoint(float(x), float(y), float(2 * s), -1) for (x, y), s in
-                    zip(pred[i0], s0[i0])]
-        f0, f1 = lift_.describe(img0, kp0), lift_.describe(img1, kp1)
-        f_exact = lift_.describe(img1, kp_exact)
+        f0 = lift_.describe(img0, unoriented(xy0[i0], s0[i0]))
+        f1 = lift_.describe(img1, unoriented(xy1[i1], s1[i1]))
+        f_exact = lift_.describe(img1, unoriented(pred[i0], s0[i0]))
         for name, f in (("LIFT", f1), ("LIFT (exact keypoint)", f_exact)):
             e_lift = f.oris - f0.oris - gt
             errs[name].append(np.arctan2(np.sin(e_lift), np.cos(e_lift)))
@@ -245,13 +249,12 @@ def main(argv=None) -> Path:
                   "instead of SIFT's re-detection there (the network without detection noise).", "",
                   "| method | points | median error | error < 10 deg | median, sigma < 2 px |",
                   "|---|---|---|---|---|"]
-        for k in ("SIFT", "LIFT", "LIFT (exact keypoint)"):
+        by = [k for k in ORI_METHODS if ori[k]["points"]]
+        for k in by:
             o = ori[k]
-            if o["points"]:
-                small = "-" if o["median_small_deg"] is None else f"{o['median_small_deg']:.2f} deg"
-                lines.append(f"| {k} | {o['points']} | {o['median_deg']:.2f} deg | "
-                             f"{100 * o['under10']:.1f} % | {small} |")
-        by = [k for k in ("SIFT", "LIFT", "LIFT (exact keypoint)") if ori[k]["points"]]
+            small = "-" if o["median_small_deg"] is None else f"{o['median_small_deg']:.2f} deg"
+            lines.append(f"| {k} | {o['points']} | {o['median_deg']:.2f} deg | "
+                         f"{100 * o['under10']:.1f} % | {small} |")
         if by:
             degs = sorted({a for k in by for a in ori[k]["median_by_angle"]})
             lines += ["", "Median error (deg) by clockwise rotation A (quarter turns map the pixel grid "

@@ -133,9 +133,14 @@ class Stage(nn.Module):
         ori = torch.cat([batch["keypoints"][:, 0, 3], batch["keypoints"][:, 1, 3]])
         return x, ori, batch["track"][:, 0]
 
+    def _shift_and_scale(self, n: int, gen, xy: float, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Keypoint offsets ``n x 2`` (stored-patch pixels, U(+-``xy``) sigma per axis) and
+        sigma multipliers ``n`` (2^U(+-``scale``)), drawn in that order."""
+        off = _uniform(gen, 2 * n, -xy, xy).reshape(n, 2) * self.geom.sigma
+        return off, 2.0 ** _uniform(gen, n, -scale, scale)
+
     def _jitter(self, n: int, gen) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        off = _uniform(gen, 2 * n, -self.jitter_xy, self.jitter_xy).reshape(n, 2) * self.geom.sigma
-        scl = 2.0 ** _uniform(gen, n, -self.jitter_scale, self.jitter_scale)
+        off, scl = self._shift_and_scale(n, gen, self.jitter_xy, self.jitter_scale)
         rot = _uniform(gen, n, -self.jitter_ori, self.jitter_ori)
         return off, scl, rot
 
@@ -278,14 +283,11 @@ class OrientationStage(Stage):
     name, trains = "ori", ("orientation",)
 
     def _detection_noise(self, n: int, gen) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Offsets ``n x 2`` (stored-patch pixels) and sigma multipliers ``n`` of the
-        ``ori_jitter_*`` options (``None`` where the option is 0)."""
-        off = scl = None
-        if self.ori_jitter_xy > 0:
-            off = _uniform(gen, 2 * n, -self.ori_jitter_xy, self.ori_jitter_xy).reshape(n, 2) * self.geom.sigma
-        if self.ori_jitter_scale > 0:
-            scl = 2.0 ** _uniform(gen, n, -self.ori_jitter_scale, self.ori_jitter_scale)
-        return off, scl
+        """Offsets ``n x 2`` and sigma multipliers ``n`` of the ``ori_jitter_*`` options
+        (:meth:`_shift_and_scale`); ``(None, None)``, drawing nothing, where both are 0."""
+        if self.ori_jitter_xy == 0 and self.ori_jitter_scale == 0:
+            return None, None
+        return self._shift_and_scale(n, gen, self.ori_jitter_xy, self.ori_jitter_scale)
 
     def forward(self, batch, gen=None):
         x, gt, _ = self._pairs(batch)
