@@ -272,6 +272,13 @@ def test_variational_refinement_removes_a_known_flow_error(photo):
     np.testing.assert_allclose(refine_flow(start, photo / 255.0, target / 255.0), out, atol=1e-4)
     np.testing.assert_allclose(refine_flow(start, photo.astype(np.float32), target.astype(np.float32)),
                                out, atol=1e-4)
+    # uint16 is scaled (not clipped to 255), as everywhere in the library
+    np.testing.assert_allclose(refine_flow(start, photo.astype(np.uint16) * 257, target.astype(np.uint16) * 257),
+                               out, atol=1e-4)
+    bad = photo.astype(np.float32)
+    bad[5, 5] = np.nan
+    with pytest.raises(ImageError, match="finite|NaN"):
+        refine_flow(start, bad, target)
     with pytest.raises(ValueError):
         refine_flow(start[:10], photo, target)
     with pytest.raises(ValueError):

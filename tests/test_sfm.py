@@ -14,7 +14,7 @@ pytest.importorskip("pycolmap")
 from correspondence import match_descriptors  # noqa: E402
 from lift import Features  # noqa: E402
 from lift.cli.sfm import main as sfm_main  # noqa: E402
-from lift.colmap import CameraSpec, camera_poses, read_database, read_model  # noqa: E402
+from lift.colmap import CameraSpec, camera_poses, model_stats, read_database, read_model  # noqa: E402
 from lift.h5io import read_extract_conf  # noqa: E402
 from lift.sfm import ExtractConf, MatchConf, SfMConfig, run  # noqa: E402
 from lift.sfm import extract, match, pairs  # noqa: E402
@@ -108,6 +108,14 @@ def test_rerun_with_changed_settings_recomputes_from_that_step(reconstruction, s
     assert "match settings changed (method 'mnn' -> 'mnn_ratio', ratio 0.8 -> 0.9)" in capsys.readouterr().err
     state = json.loads((out / "lift-sfm.json").read_text())
     assert state["match"] == {"method": "mnn_ratio", "ratio": 0.9}
+    assert state["verify"]["refine"]["min_ncc"] == 0.9
+    # the command line's --no-refine changes the verify step only
+    args = [str(scene[0]), str(out), "--extractor", "sift", "--max-keypoints", "300", "--num-workers", "1",
+            "--matcher", "mnn_ratio", "--ratio", "0.9", "--camera-model", "PINHOLE",
+            "--camera-params", ",".join(str(v) for v in conf.camera.params), "--no-refine", "--quiet"]
+    assert sfm_main(args) == 0
+    assert "verify settings changed" in capsys.readouterr().err
+    assert json.loads((out / "lift-sfm.json").read_text())["verify"]["refine"] is None
 
 
 def test_extract_refuses_to_mix_settings_in_one_file(scene, tmp_path):
@@ -304,12 +312,15 @@ def test_batched_matching_equals_per_pair(tmp_path):
     assert torch.is_tensor(torch.as_tensor(k))
 
 
-def test_colmap_verifier_on_our_matches(reconstruction, tmp_path):
+def test_colmap_verifier_on_our_matches(reconstruction, scene, tmp_path):
     from lift.sfm import VerifyConf, verify
 
     result, conf, _ = reconstruction
+    with pytest.raises(ValueError, match="image folder"):
+        verify.main(result.features, result.pairs, result.matches, tmp_path / "x.db", conf.camera,
+                    VerifyConf("colmap", 4.0), progress=False)
     db = verify.main(result.features, result.pairs, result.matches, tmp_path / "database.db",
-                     conf.camera, VerifyConf("colmap", 4.0), progress=False)
+                     conf.camera, VerifyConf("colmap", 4.0), progress=False, image_dir=scene[0])
     ours = read_database(result.database).two_view
     theirs = read_database(db).two_view
     assert len(theirs) == 15
@@ -336,3 +347,32 @@ def test_single_thread_mapper_is_deterministic(reconstruction, scene, tmp_path):
     assert n0 == n1 > 300 and sorted(p0) == sorted(p1)
     for name in p0:
         assert np.array_equal(p0[name]["R"], p1[name]["R"]) and np.array_equal(p0[name]["t"], p1[name]["t"])
+
+
+def test_keypoint_refinement_lowers_reprojection_error(reconstruction, scene, tmp_path):
+    """The refined database (the default) against the detected positions, same matches: the
+    stored keypoints of the verified tracks move (features.h5 keeps the detections) and the
+    model's reprojection error falls."""
+    from lift.sfm import RefineConf, VerifyConf, reconstruct, verify
+
+    result, conf, cams = reconstruction
+    db = verify.main(result.features, result.pairs, result.matches, tmp_path / "plain.db", conf.camera,
+                     VerifyConf(refine=None), progress=False)
+    plain, refined = read_database(db), read_database(result.database)
+    moved = total = 0
+    with h5py.File(result.features, "r") as f:
+        for name, kp in refined.keypoints.items():
+            det = f[name]["keypoints"][()] + 0.5  # COLMAP convention
+            np.testing.assert_allclose(plain.keypoints[name][:, :2], det, atol=1e-4)
+            np.testing.assert_array_equal(refined.keypoints[name][:, 2:], plain.keypoints[name][:, 2:])
+            shift = np.linalg.norm(kp[:, :2] - det, axis=1)
+            moved += int((shift > 1e-4).sum())
+            total += len(kp)
+            assert (shift <= RefineConf().max_shift * kp[:, 2] + 0.5 + 1e-3).all()  # the acceptance bound
+    assert moved > 0.2 * total
+    stats = []
+    for name, path in (("plain", db), ("refined", result.database)):
+        model = reconstruct.main(path, scene[0], tmp_path / name, fix_intrinsics=True, num_threads=1)
+        stats.append(model_stats(read_model(model)))
+    assert stats[0].registered == stats[1].registered == 6
+    assert stats[1].reprojection_error < 0.8 * stats[0].reprojection_error

@@ -14,6 +14,10 @@ estimated.
 Usage::
 
     python tools/bench_sfm.py --methods lift,sift,colmap --max-keypoints 2048
+
+A method is a ``lift-sfm`` extractor name (``lift``, ``sift``, ...), optionally with
+``+norefine`` (the same without the keypoint refinement, :mod:`lift.sfm.refine`), or
+``colmap``.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from lift.colmap import (CameraSpec, camera_poses, colmap_sift_database, incremental_mapping,  # noqa: E402
                          model_stats, read_model, write_model)
-from lift.sfm import ExtractConf, SfMConfig, SfMError, VerifyConf, run  # noqa: E402
+from lift.sfm import ExtractConf, RefineConf, SfMConfig, SfMError, VerifyConf, run  # noqa: E402
 from lift.sfm.evaluate import pose_errors, read_strecha_camera  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "sfm"
@@ -92,15 +96,39 @@ def data_fingerprint(folder: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def seed_spread(database: Path, images: Path, work: Path, num_images: int, gt, seeds: int,
+                fix_intrinsics: bool) -> dict:
+    """The same database mapped with mapper seeds 1 .. seeds-1 (single-threaded COLMAP is
+    deterministic for a seed, but its path through a scene depends on it): per seed the
+    registered images, points, reprojection error and median centre error."""
+    from lift.sfm import reconstruct
+
+    out = []
+    for seed in range(1, seeds):
+        try:
+            model = reconstruct.main(database, images, work / f"seed{seed}", fix_intrinsics, overwrite=True,
+                                     seed=seed, num_threads=1)
+            out.append(evaluate(model, num_images, gt))
+        except SfMError as err:
+            out.append({"error": str(err)})
+    return {"seeds": out}
+
+
 def run_lift_sfm(method, images, work, params, args, gt):
-    conf = SfMConfig(extract=ExtractConf(method, args.max_keypoints, model=args.model, num_workers=1),
-                     verify=VerifyConf(threshold=args.verify_threshold), mapper_threads=1,
+    """``method``: an extractor name, with ``+norefine``: without the keypoint refinement."""
+    extractor, _, variant = method.partition("+")
+    if variant not in ("", "norefine"):
+        raise ValueError(f"unknown method variant {variant!r} (known: +norefine)")
+    refine = None if variant == "norefine" else RefineConf()
+    conf = SfMConfig(extract=ExtractConf(extractor, args.max_keypoints, model=args.model, num_workers=1),
+                     verify=VerifyConf(threshold=args.verify_threshold, refine=refine), mapper_threads=1,
                      camera=CameraSpec("PINHOLE", params, "single") if params else CameraSpec("SIMPLE_RADIAL"))
     t = time.perf_counter()
     res = run(images, work, conf, overwrite=True, progress=False)
     row = evaluate(res.model, res.stats.num_images, gt)
     row["times"] = {k: round(v, 1) for k, v in res.timings.items()}
     row["total_s"] = round(time.perf_counter() - t, 1)
+    row.update(seed_spread(res.database, images, work, res.stats.num_images, gt, args.seeds, bool(params)))
     return row
 
 
@@ -120,6 +148,7 @@ def run_colmap(images, work, params, args, gt):
     row = evaluate(model, len(names), gt)
     row["times"] = {"extract+match+verify": round(t1 - t0, 1), "reconstruct": round(t2 - t1, 1)}
     row["total_s"] = round(t2 - t0, 1)
+    row.update(seed_spread(db, images, work, len(names), gt, args.seeds, bool(params)))
     return row
 
 
@@ -129,7 +158,7 @@ def fmt(v, spec):
 
 def report(results, args, path: Path):
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+        commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=ROOT, capture_output=True,
                                 text=True).stdout.strip()
     except OSError:
         commit = "?"
@@ -152,7 +181,9 @@ def report(results, args, path: Path):
         "sacre_coeur: one SIMPLE_RADIAL camera per image, estimated. lift-sfm: LIFT with its SfM setting "
         "scale_nms=1 (one scale per location; `ExtractConf.scale_nms`) and subpixel='response' (positions "
         "from the detector's continuous response; `ExtractConf.subpixel`), exhaustive pairs, mutual NN "
-        f"matching, our batched F-RANSAC (Sampson {args.verify_threshold:g} px, >= 15 inliers), pycolmap incremental mapping. "
+        f"matching, our batched F-RANSAC (Sampson {args.verify_threshold:g} px, >= 15 inliers), keypoints of "
+        "each verified track moved onto one point by patch alignment (`lift.sfm.refine`, defaults; "
+        "`+norefine`: without it), pycolmap incremental mapping. "
         "colmap: pycolmap SIFT extraction (same budget, RootSIFT-normalised, same images), exhaustive SIFT "
         "matching with COLMAP's verification, same mapper. Every mapper runs on 1 thread, the only "
         "setting where COLMAP gives the same model on every run (with more threads, sacre_coeur with SIFT "
@@ -174,6 +205,20 @@ def report(results, args, path: Path):
                 f"{fmt(r['track_length'], '.2f')} | {fmt(r['reprojection_error'], '.3f')} | "
                 f"{fmt(r.get('center_med_mm'), '.1f')} | {fmt(r.get('center_mean_mm'), '.1f')} | "
                 f"{fmt(r.get('rot_med_deg'), '.3f')} | {times} | {r['total_s']} |")
+    if args.seeds > 1:
+        lines += ["", f"The same databases mapped with mapper seeds 0..{args.seeds - 1} (one value per seed; "
+                  "single-threaded COLMAP is deterministic for a seed, but the order in which it registers "
+                  "images depends on it):", "",
+                  "| scene | method | registered | 3-D points | reproj. err. (px) | centre err. med (mm) |",
+                  "|---|---|---|---|---|---|"]
+        for scene, rows in results.items():
+            for method, r in rows.items():
+                if "error" in r:
+                    continue
+                runs = [r] + r.get("seeds", [])
+                col = lambda key, spec: " / ".join("–" if "error" in x else fmt(x.get(key), spec) for x in runs)  # noqa: E731
+                lines.append(f"| {scene} | {method} | {col('registered', 'd')} | {col('points3d', 'd')} | "
+                             f"{col('reprojection_error', '.3f')} | {col('center_med_mm', '.1f')} |")
     if args.note:
         lines += ["", args.note]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +237,9 @@ def main(argv=None):
     p.add_argument("--work", type=Path, default=Path("/tmp/lift_bench_sfm"))
     p.add_argument("--report", type=Path, default=ROOT / "benchmarks" / "sfm.md")
     p.add_argument("--note", default="", help="free text appended to the report")
+    p.add_argument("--seeds", type=int, default=4,
+                   help="map every database with this many mapper seeds (the table: seed 0; the "
+                        "second table: the spread over all)")
     args = p.parse_args(argv)
     import torch
 

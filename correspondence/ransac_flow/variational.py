@@ -23,20 +23,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from lift.image import to_gray_tensor
+
 __all__ = ["refine_flow"]
 
 
 def _to_u8(image) -> np.ndarray:
-    """``H x W`` grey image -> contiguous uint8: uint8 as is; floats in [0, 1], or 0..255 when
-    their maximum exceeds 1 (the rule of :func:`lift.image.to_gray_tensor`), non-finite values
-    as 0; other integer types clipped to 0..255."""
-    a = np.asarray(image)
-    if a.dtype == np.uint8:
+    """A grey image -> contiguous ``H x W`` uint8, by the library's one input rule
+    (:func:`lift.image.to_gray_tensor`: uint8 / uint16 scaled to [0, 1], floats in [0, 1] or
+    0..255 when their maximum exceeds 1, colour to grey; non-finite values raise ImageError)."""
+    a = np.asarray(image) if not hasattr(image, "detach") else image
+    if isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == 2:
         return np.ascontiguousarray(a)
-    if a.dtype.kind == "f":
-        a = np.nan_to_num(np.asarray(a, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        a = a if a.size and a.max() > 1.0 else a * 255.0
-    return np.ascontiguousarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+    g = to_gray_tensor(a)[0].cpu().numpy()
+    return np.ascontiguousarray(np.rint(g * 255.0).astype(np.uint8))
 
 
 def refine_flow(flow: np.ndarray, first, second, levels: int = 3, fixed_point_iterations: int = 5,
@@ -45,8 +45,9 @@ def refine_flow(flow: np.ndarray, first, second, levels: int = 3, fixed_point_it
 
     Args:
         flow: initial flow, ``first[p] ~ second[p + flow[p]]``.
-        first, second: ``H x W`` grey images of the same size (uint8, or float in [0, 1]; a
-            float image whose maximum exceeds 1 is read as 0..255).
+        first, second: images of the same size, any layout and dtype of
+            :func:`lift.image.to_gray_tensor` (uint8, uint16, float in [0, 1], or 0..255 when
+            the maximum exceeds 1; colour is turned grey); non-finite pixels raise ImageError.
         levels: pyramid sizes (1 = the full resolution only); coarser levels stop at 16 px.
         fixed_point_iterations, sor_iterations: OpenCV's inner solver settings (its defaults).
 

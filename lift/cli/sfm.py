@@ -7,8 +7,9 @@ Example::
         --camera-model PINHOLE --camera-params 1380,1382,768,512
 
 Writes ``out/features.h5``, ``out/pairs.txt``, ``out/matches.h5`` (hloc layouts),
-``out/database.db`` (COLMAP) and the models in COLMAP's binary format under ``out/sparse/``
-(largest first, ``sparse/0``). Re-running skips finished steps unless ``--overwrite``; a
+``out/database.db`` (COLMAP; the keypoints of every verified track moved onto one common point
+by patch alignment, ``lift.sfm.refine``, unless ``--no-refine``) and the models in COLMAP's
+binary format under ``out/sparse/`` (largest first, ``sparse/0``). Re-running skips finished steps unless ``--overwrite``; a
 step whose settings changed (``out/lift-sfm.json``, ``features.h5``'s ``extract_conf``) is
 recomputed with the steps after it.
 Under ``torchrun --nproc_per_node N -m lift.cli.sfm ...`` extraction is split over N
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lift: our batched F-RANSAC; colmap: pycolmap.verify_matches")
     g.add_argument("--verify-threshold", type=float, default=None,
                    help="inlier threshold px (default 1.0 Sampson for lift, 4.0 for colmap)")
+    g.add_argument("--no-refine", action="store_true",
+                   help="store the detected keypoint positions instead of moving the keypoints of "
+                        "each verified track onto one common point (lift.sfm.refine)")
     g = p.add_argument_group("cameras")
     g.add_argument("--camera-model", default="SIMPLE_RADIAL", help="COLMAP camera model name")
     g.add_argument("--camera-params", type=_params, default=None,
@@ -82,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..colmap.database import CameraSpec
-    from ..sfm import ExtractConf, MatchConf, SfMConfig, SfMError, VerifyConf, run
+    from ..sfm import ExtractConf, MatchConf, RefineConf, SfMConfig, SfMError, VerifyConf, run
 
     args = build_parser().parse_args(argv)
     try:
@@ -92,7 +96,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 args.device, args.num_workers, args.scale_nms, args.subpixel),
             pairs=args.pairs,
             match=MatchConf(args.matcher, args.ratio, args.device),
-            verify=VerifyConf(args.verifier, threshold, device=args.device),
+            verify=VerifyConf(args.verifier, threshold, device=args.device,
+                              refine=None if args.no_refine else RefineConf()),
             camera=CameraSpec(args.camera_model, args.camera_params, args.camera_mode),
             fix_intrinsics=None if not args.refine_intrinsics else False,
             mapper_threads=args.mapper_threads)

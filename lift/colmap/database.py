@@ -175,6 +175,18 @@ def write_keypoints(db, image_id: int, features: Features) -> None:
     db.write_keypoints(image_id, features.to_colmap())
 
 
+def update_keypoint_positions(db, image_id: int, keypoints: np.ndarray) -> None:
+    """Replace the positions of an image's stored keypoints by ``N x 2`` (x, y) in lift's
+    convention (top-left pixel centre (0, 0); stored + 0.5), keeping their other columns
+    (scale, orientation or affine shape) and their order, so that stored matches stay valid."""
+    old = np.array(db.read_keypoints(image_id), dtype=np.float32)
+    xy = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
+    if len(old) != len(xy):
+        raise ValueError(f"image {image_id} has {len(old)} keypoints in the database, got {len(xy)} positions")
+    old[:, :2] = xy + 0.5
+    db.update_keypoints(image_id, np.ascontiguousarray(old))
+
+
 def _as_matches(matches: np.ndarray) -> np.ndarray:
     m = np.asarray(matches)
     if m.ndim != 2 or m.shape[1] != 2:

@@ -6,7 +6,8 @@ can take over at any step)::
     OUTPUT_DIR/features.h5   hloc features (lift.sfm.extract)
     OUTPUT_DIR/pairs.txt     hloc pairs (lift.sfm.pairs)
     OUTPUT_DIR/matches.h5    hloc matches (lift.sfm.match)
-    OUTPUT_DIR/database.db   COLMAP database with verified two-view geometries (lift.sfm.verify)
+    OUTPUT_DIR/database.db   COLMAP database with verified two-view geometries and the keypoints
+                             of verified tracks refined (lift.sfm.verify, lift.sfm.refine)
     OUTPUT_DIR/sparse/0..    COLMAP binary models, largest first (lift.sfm.reconstruct)
 
 A step whose output exists is skipped (re-running resumes), unless its settings changed since
@@ -218,7 +219,7 @@ def run(image_dir: Path, output_dir: Path, conf: SfMConfig = SfMConfig(), overwr
     redo = redo or changed("verify", paths["database"].exists())
     timed("verify", paths["database"].exists() and not redo,
           lambda: verify.main(paths["features"], paths["pairs"], paths["matches"], paths["database"],
-                              conf.camera, conf.verify, True, progress))
+                              conf.camera, conf.verify, True, progress, image_dir))
     redo = redo or timings["verify"] > 0
     fix = conf.camera.params is not None if conf.fix_intrinsics is None else conf.fix_intrinsics
     redo = redo or changed("reconstruct", (out / "sparse" / "0").is_dir())

@@ -11,6 +11,12 @@ radians) and raw matches; then each pair's two-view geometry, from
 - ``verifier="colmap"``: ``pycolmap.verify_matches`` (COLMAP's F/E/H model selection,
   ``threshold`` as its RANSAC max error).
 
+Then, unless ``conf.refine`` is None, the keypoints of every track of verified matches are
+moved onto one common point by patch alignment (:mod:`.refine`; the database's keypoints are
+updated in place, ``features.h5`` keeps the detected positions). Measured on Strecha entry-P10
+with lift features (``tools/bench_sfm.py``): mean reprojection error 0.475 -> 0.375 px, median
+camera-centre error 21.5 -> 18.8 mm.
+
 The database is built under a temporary name and renamed when complete.
 
 Example::
@@ -21,9 +27,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -33,12 +40,15 @@ from tqdm import tqdm
 from correspondence.ransac import find_fundamental
 
 from ..colmap.compat import verify_matches_colmap
-from ..colmap.database import (CameraSpec, add_cameras_and_images, open_database,
-                               write_keypoints, write_matches, write_two_view_geometry)
+from ..colmap.database import (CameraSpec, add_cameras_and_images, open_database, read_database,
+                               update_keypoint_positions, write_keypoints, write_matches,
+                               write_two_view_geometry)
 from ..features import Features
 from ..h5io import list_feature_names
+from ..image import load_image
 from .match import read_matches
 from .pairs import parse_pairs
+from .refine import RefineConf, RefineStats, refine_keypoints
 
 __all__ = ["VerifyConf", "verify_pairs", "fundamental_to_colmap", "main"]
 
@@ -54,7 +64,10 @@ class VerifyConf:
         min_inliers: fewest inliers for a verified pair [15].
         max_iters: most RANSAC samples per pair (pairs that do not overlap run to it) [10000].
         batch_pairs: pairs per RANSAC call [32].
-        device: torch device of the RANSAC.
+        device: torch device of the RANSAC and of the keypoint refinement.
+        refine: track-consistent keypoint refinement after verification
+            (:class:`lift.sfm.refine.RefineConf`), None to store the detected positions
+            [RefineConf()].
     """
 
     verifier: str = "lift"
@@ -63,6 +76,7 @@ class VerifyConf:
     max_iters: int = 10000
     batch_pairs: int = 32
     device: str = None
+    refine: Optional[RefineConf] = field(default_factory=RefineConf)
 
     def __post_init__(self):
         if self.verifier not in ("lift", "colmap"):
@@ -126,14 +140,51 @@ def _keypoints_only(g) -> Features:
                     np.zeros((n, 0), np.float32), tuple(get("image_size", np.zeros(2, np.int64))))
 
 
+class _Images(Sequence):
+    """Grey images of an image folder by name, read when indexed (the refinement visits each
+    image at most twice and keeps none)."""
+
+    def __init__(self, image_dir: Path, names: Sequence[str]):
+        self.image_dir, self.names = Path(image_dir), list(names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i):
+        return load_image(self.image_dir / self.names[i])
+
+
+def refine_database(database: Path, image_dir: Path, names: Sequence[str],
+                    feats: Dict[str, Features], conf: RefineConf, device=None) -> RefineStats:
+    """Refine the keypoints of the verified tracks of ``database`` (:mod:`.refine`) and write
+    the new positions into it. ``feats``: the stored keypoints (lift convention) by name."""
+    contents = read_database(database)
+    index = {n: i for i, n in enumerate(names)}
+    edges = [(index[a], index[b], np.asarray(inl, np.int64))
+             for (a, b), (inl, _) in contents.two_view.items() if len(inl) and a in index and b in index]
+    new, stats = refine_keypoints(_Images(image_dir, names), [feats[n].keypoints for n in names],
+                                  [feats[n].scales for n in names], [feats[n].oris for n in names],
+                                  edges, conf, device=device)
+    with open_database(database) as db:
+        for n, kp in zip(names, new):
+            if not np.array_equal(kp, feats[n].keypoints):
+                update_keypoint_positions(db, contents.images[n][0], kp)
+    return stats
+
+
 def main(features: Path, pairs_path: Path, matches_path: Path, database: Path,
          camera: CameraSpec = CameraSpec(), conf: VerifyConf = VerifyConf(),
-         overwrite: bool = False, progress: bool = True) -> Path:
-    """Build ``database`` from the features and matches and verify the pairs. Returns its path
-    (an existing database is kept unless ``overwrite``)."""
+         overwrite: bool = False, progress: bool = True, image_dir: Optional[Path] = None) -> Path:
+    """Build ``database`` from the features and matches, verify the pairs and (with
+    ``conf.refine``, which needs ``image_dir``, the folder the features were extracted from)
+    refine the keypoints of the verified tracks. Returns its path (an existing database is
+    kept unless ``overwrite``)."""
     database = Path(database)
     if database.exists() and not overwrite:
         return database
+    if conf.refine is not None and image_dir is None:
+        raise ValueError("keypoint refinement (VerifyConf.refine) needs the image folder (image_dir); "
+                         "pass it, or refine=None")
     pairs = parse_pairs(pairs_path)
     with h5py.File(features, "r") as f:
         names = list_feature_names(f)
@@ -157,6 +208,11 @@ def main(features: Path, pairs_path: Path, matches_path: Path, database: Path,
         if conf.verifier == "colmap":
             verify_matches_colmap(tmp, pairs_path, max_error=conf.threshold,
                                   min_num_inliers=conf.min_inliers)
+        if conf.refine is not None:
+            st = refine_database(tmp, image_dir, names, feats, conf.refine, conf.device)
+            if progress:
+                print(f"refine: {st.tracks} tracks, {st.accepted} of {st.aligned} keypoints moved "
+                      f"(median {st.median_shift:.2f} px)", file=sys.stderr)
         os.replace(tmp, database)
     finally:
         if tmp.exists():
@@ -172,7 +228,11 @@ if __name__ == "__main__":
     parser.add_argument("database", type=Path)
     parser.add_argument("--verifier", default="lift", choices=["lift", "colmap"])
     parser.add_argument("--threshold", type=float, default=1.0)
+    parser.add_argument("--image-dir", type=Path, default=None,
+                        help="the images of the features: needed for the keypoint refinement")
+    parser.add_argument("--no-refine", action="store_true", help="store the detected keypoint positions")
     parser.add_argument("--overwrite", action="store_true")
     a = parser.parse_args()
     print(main(a.features, a.pairs, a.matches, a.database, CameraSpec(),
-               VerifyConf(a.verifier, a.threshold), a.overwrite))
+               VerifyConf(a.verifier, a.threshold, refine=None if a.no_refine else RefineConf()),
+               a.overwrite, image_dir=a.image_dir))
