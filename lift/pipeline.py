@@ -22,6 +22,7 @@ from .features import DESCRIPTOR_SUPPORT, Features, keypoints_from_cv2
 from .glue import build_pyramid, extract_patches_pyramid, pyramid_atlas, pyramid_depth
 from .image import ImageError, to_gray_tensor
 from .inference import standardized_window
+from .denoise import adaptive_smooth
 from .layers import max_filter
 from .model import LIFTModel
 from .nms import scale_space_nms
@@ -67,12 +68,25 @@ class LIFTConfig:
             until 2026-12-01. The response is more precise (median re-detection error after
             known warps 0.09-0.17 px against 0.18-0.28, ``tools/bench_localisation.py``) and
             matches better (``BENCHMARKS.md``, ``lift`` against ``lift+quadratic``:
-            synthetic-warp MMA@1 / @3 39.9 / 48.6 % against 35.5 / 46.6 %, homography accuracy
-            @3 px 55.6 against 53.3 %; boat + iguazu MMA@3 68.0 against 67.8 %; Strecha
-            epipolar precision 49.4 against 47.8 %), for 8 % more time per 640 x 480 image at 2048 keypoints
+            synthetic-warp MMA@1 / @3 40.0 / 48.8 % against 35.5 / 46.7 %; Strecha epipolar
+            precision 49.4 against 47.8 %; boat + iguazu MMA@3 74.4 against 74.5 %; before the
+            noise-adaptive smoothing, homography accuracy @3 px on the synthetic warps 55.6
+            against 53.3 %, now both 55.6 %), for 8 % more time per 640 x 480 image at 2048 keypoints
             (paired in-process runs without page faults; 14 % in ``tools/bench_speed.py``'s
             run) ["response"].
         upright: skip the orientation network, all orientations 0 [False].
+        noise_threshold: noise-adaptive pre-smoothing (:mod:`lift.denoise`): an image whose
+            estimated white-noise std (grey levels of 0..255; clean photos 1-12) exceeds it is
+            Gaussian-blurred by ``noise / (2 sqrt(pi) threshold)`` px (at most 2) before
+            detection and description, which brings the noise down to about the threshold;
+            ``None`` disables [8.0]. On the benchmarks (``BENCHMARKS.md``, ``lift`` against
+            ``lift+nodenoise``): boat + iguazu MMA@3 74.4 against 68.0 %, homography accuracy
+            @3 px 90 against 80 % (SIFT: 46.1 %, 90 %); synthetic warps (3 of 9 photos smoothed)
+            MMA@3 48.8 against 48.6 %; Strecha (no image smoothed) unchanged. Chosen on synthetic warps of photos outside the benchmarks
+            (scikit-image's and Urban100 img_081-090) with Gaussian noise of std 0 / 10 / 20 /
+            40 added to the second image: MMA@3 41.4 / 38.8 / 34.7 / 28.8 % against 41.4 / 38.8 /
+            32.9 / 20.7 % without, homography accuracy @5 px 50.0 / 44.7 / 39.5 / 36.8 %
+            against 50.0 / 47.4 / 36.8 / 13.2 % (threshold 12: 41.4 / 38.8 / 33.7 / 27.1 %).
         patch_batch: patches per network call, bounds memory [4096].
         tile_rows: the detector runs on horizontal stripes of at most this many rows of a
             scale level, bounding memory on huge images [1024].
@@ -97,6 +111,7 @@ class LIFTConfig:
     refine: bool = True
     subpixel: str = "response"
     upright: bool = False
+    noise_threshold: Optional[float] = 8.0
     patch_batch: int = 4096
     tile_rows: int = 1024
     patch_precision: str = "auto"
@@ -107,6 +122,8 @@ class LIFTConfig:
         if self.patch_precision not in ("auto", "float32", "bfloat16"):
             raise ValueError("patch_precision must be 'auto', 'float32' or 'bfloat16', "
                              f"got {self.patch_precision!r}")
+        if self.noise_threshold is not None and not self.noise_threshold > 0:
+            raise ValueError(f"noise_threshold must be > 0 or None, got {self.noise_threshold}")
         if not 0 < self.min_sigma <= self.max_sigma:
             raise ValueError(f"need 0 < min_sigma <= max_sigma, got {self.min_sigma}, {self.max_sigma}")
         if self.scales_per_octave < 1 or self.nms_radius < 0 or self.scale_nms < 0:
@@ -246,6 +263,7 @@ class LIFT(nn.Module):
         if not (np.isfinite(kpts).all() and np.isfinite(scales).all() and (scales > 0).all()):
             raise ValueError("keypoints must have finite coordinates and positive sizes")
         dev = self.device
+        gray = self._smooth(gray[None])[0]
         kp_t = torch.from_numpy(kpts).to(dev)
         sc_t = torch.from_numpy(scales).to(dev)
         or_t = torch.from_numpy(oris).to(dev)
@@ -269,6 +287,12 @@ class LIFT(nn.Module):
         if m.shape != (h, w):
             raise ImageError(f"mask has shape {tuple(m.shape)}, image is {h} x {w}")
         return (m != 0).to(self.device)
+
+    def _smooth(self, batch: torch.Tensor) -> torch.Tensor:
+        """``B x 1 x H x W`` -> the same with the noisy images smoothed (``noise_threshold``)."""
+        if self.conf.noise_threshold is None:
+            return batch
+        return adaptive_smooth(batch, self.conf.noise_threshold)[0]
 
     def _pyramid(self, gray: torch.Tensor, max_sigma: float):
         """The patch source of a batch: its Gaussian pyramid (deep enough for patches of
@@ -391,6 +415,7 @@ class LIFT(nn.Module):
         dim = self.model.descriptor.dim
         if h == 0 or w == 0:
             return [Features.empty((w, h), dim) for _ in range(bsz)]
+        batch = self._smooth(batch)
         dets = self._detect(batch, masks)
         counts = [len(d[0]) for d in dets]
         if sum(counts) == 0:

@@ -56,7 +56,7 @@ class Method:
 METHODS: Dict[str, _Entry] = {}
 
 #: What ``lift-bench`` runs when ``--methods`` is not given.
-DEFAULT_METHODS = ("lift", "lift+quadratic", "sift", "rootsift", "orb", "akaze", "brisk",
+DEFAULT_METHODS = ("lift", "lift+quadratic", "lift+nodenoise", "sift", "rootsift", "orb", "akaze", "brisk",
                    "sift+vgg", "sift+boost", "sift+teblid")
 
 
@@ -244,6 +244,13 @@ def lift_method(max_keypoints, variant=None, device=None, **knobs):
                  "'lift+quadratic:<name>' selects weights")
 def lift_quadratic_method(max_keypoints, variant=None, device=None):
     return lift_method(max_keypoints, variant, device, subpixel="quadratic")
+
+
+@register_method("lift+nodenoise", "LIFT without the noise-adaptive pre-smoothing "
+                 "(noise_threshold=None, the behaviour until 2026-12-02); 'lift+nodenoise:<name>' "
+                 "selects weights")
+def lift_nodenoise_method(max_keypoints, variant=None, device=None):
+    return lift_method(max_keypoints, variant, device, noise_threshold=None)
 
 
 @register_method("lift+subpix", "LIFT with subpixel='response' (since 2026-12-01 the same as 'lift', "

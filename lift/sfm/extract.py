@@ -45,6 +45,7 @@ from ..features import Features
 from ..h5io import (EXTRACT_CONF_ATTR, StaleFeaturesError, atomic_h5, check_extract_conf,
                     list_feature_names, write_features)
 from ..image import ImageError, load_image
+from ..pipeline import LIFTConfig
 
 __all__ = ["ExtractConf", "EXTRACTORS", "register_extractor", "build_extractor", "ImageDataset",
            "StaleFeaturesError", "extract", "merge_parts", "extract_and_merge", "read_failures", "main"]
@@ -89,13 +90,15 @@ class ExtractConf:
     def signature(self) -> Dict[str, object]:
         """The settings that determine the features (not ``device`` or ``num_workers``), as
         stored in ``features.h5``. For ``lift``: also ``scale_nms``, ``subpixel`` (with the
-        revision of the ``"response"`` estimate, :data:`lift.subpixel.REVISION`) and the sha1 of
-        the weights file, so that new shipped weights under the same name count as a change."""
+        revision of the ``"response"`` estimate, :data:`lift.subpixel.REVISION`), the runtime's
+        ``noise_threshold`` (:mod:`lift.denoise`) and the sha1 of the weights file, so that new
+        shipped weights under the same name count as a change."""
         sig: Dict[str, object] = {"extractor": self.extractor, "max_keypoints": max(int(self.max_keypoints), 0),
                                   "resize_max": None if self.resize_max is None else int(self.resize_max)}
         if self.extractor == "lift":
             sig.update(model=str(self.model), weights_sha1=_weights_sha1(self.model),
-                       scale_nms=int(self.scale_nms), subpixel=str(self.subpixel))
+                       scale_nms=int(self.scale_nms), subpixel=str(self.subpixel),
+                       noise_threshold=LIFTConfig.noise_threshold)
             if self.subpixel == "response":
                 from ..subpixel import REVISION
 
