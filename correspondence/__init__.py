@@ -1,9 +1,10 @@
 """correspondence: matching, batched robust estimation (RANSAC) in torch, learned outlier
 filtering (CNe) and dense alignment (RANSAC-Flow).
 
-The dense-alignment names (``align``, ``Alignment``, ``RansacFlow``, ``dense_to_sparse``) load on
-first use: RANSAC-Flow's coarse features are lift's descriptor network, so importing them eagerly
-would make ``import correspondence`` import ``lift``.
+The dense-alignment names (``align``, ``Alignment``, ``RansacFlow``, ``dense_to_sparse``) and the
+match refinement (``refine_matches``, ``refine_keypoints``, ``RefineConf``) load on first use:
+RANSAC-Flow's coarse features are lift's descriptor network and the refinement samples lift's
+image pyramid, so importing them eagerly would make ``import correspondence`` import ``lift``.
 """
 from .cne import CNeNet, filter_matches, load_cne, relative_pose_cne
 from .consistency import consistency_prior, neighbour_consistency
@@ -11,6 +12,7 @@ from .matching import match_descriptors, match_descriptors_batch, matches_from_b
 from .ransac import RobustEstimator, estimate_relative_pose, find_essential, find_fundamental, find_homography
 
 _LAZY = {"align", "Alignment", "RansacFlow", "dense_to_sparse"}
+_LAZY_REFINE = {"refine_matches", "refine_keypoints", "RefineConf"}
 
 __all__ = [
     "consistency_prior",
@@ -32,6 +34,9 @@ __all__ = [
     "Alignment",
     "RansacFlow",
     "dense_to_sparse",
+    "refine_matches",
+    "refine_keypoints",
+    "RefineConf",
 ]
 
 
@@ -40,4 +45,8 @@ def __getattr__(name):
         from . import ransac_flow
 
         return getattr(ransac_flow, name)
+    if name in _LAZY_REFINE:
+        from . import refine
+
+        return getattr(refine, name)
     raise AttributeError(f"module 'correspondence' has no attribute {name!r}")

@@ -38,6 +38,24 @@ def test_homography_on_user_folder(tmp_path, capsys):
     assert "MMA@3" in capsys.readouterr().out
 
 
+def test_homography_with_refined_matches(tmp_path):
+    """--refine adds '<method>+refine' rows scored from the same features: the same matches,
+    closer to the ground truth (MMA@1 up) and a homography at least as accurate."""
+    folder = _photo_folder(tmp_path)
+    path = main(["homography", "--data", str(folder), "--methods", "sift,orb", "--output", str(tmp_path / "out"),
+                 "--pairs-per-image", "2", "--max-keypoints", "500", "--quiet", "--no-figures",
+                 "--refine", "sift"])
+    res = read_json(path)
+    assert list(res["methods"]) == ["sift", "sift+refine", "orb"] and res["settings"]["refine"] == "sift"
+    plain, ref = (res["methods"][k] for k in ("sift", "sift+refine"))
+    assert [r["matches"] for r in plain["pairs"]] == [r["matches"] for r in ref["pairs"]]
+    assert ref["summary"]["mma"][0] > plain["summary"]["mma"][0] + 0.05
+    for a, b in zip(plain["pairs"], ref["pairs"]):
+        assert b["corner_error"] <= max(a["corner_error"], 0.5)
+    assert ref["summary"]["time_ms_median"] > plain["summary"]["time_ms_median"]
+    assert "| sift+refine |" in (tmp_path / "out" / "results.md").read_text()
+
+
 def test_pose_and_speed_builtin(tmp_path):
     path = main(["pose", "--data", "skimage", "--methods", "sift", "--output", str(tmp_path / "pose"),
                  "--max-pairs", "2", "--no-figures", "--quiet"])

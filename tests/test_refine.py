@@ -1,11 +1,11 @@
-"""Track-consistent keypoint refinement (lift.sfm.refine): known warps of real photos."""
+"""Track-consistent keypoint refinement (correspondence.refine): known warps of real photos."""
 import cv2
 import numpy as np
 import pytest
 import torch
 
 from lift.features import keypoints_from_cv2
-from lift.sfm.refine import RefineConf, build_tracks, refine_keypoints
+from correspondence.refine import RefineConf, build_tracks, refine_keypoints
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -130,3 +130,28 @@ def test_bad_input():
         refine_keypoints([np.zeros((50, 50, 3), np.uint8), im], [kp, kp], [one, one], [one, one], [(0, 1, m)])
     with pytest.raises(ValueError, match="odd"):
         RefineConf(grid=8)
+
+
+def test_refine_matches_two_views(pair):
+    """The two-image API: a homography fitted to the refined matches is closer to the truth."""
+    from correspondence import find_homography, refine_matches
+
+    im, warped, (k0, s0, o0), (k1, s1, o1) = pair
+    n = len(k0)
+    m = np.stack([np.arange(n), np.arange(n)], 1)
+    r0, r1, stats = refine_matches(im, warped, k0, k1, m, s0, s1, o0, o1)
+    assert stats.accepted > 0.9 * n and r0.shape == k0.shape and r1.shape == k1.shape
+
+    def corner_error(a, b):
+        Hest, _ = find_homography(torch.from_numpy(a.astype(np.float64)), torch.from_numpy(b.astype(np.float64)),
+                                  threshold=3.0)
+        c = np.float64([[0, 0], [639, 0], [639, 479], [0, 479]])
+        return np.linalg.norm(_warp(c, np.asarray(Hest)) - _warp(c), axis=1).mean()
+
+    before, after = corner_error(k0, k1), corner_error(r0, r1)
+    assert after < 0.5 * before and after < 0.2
+    # without scales and orientations (small rotation here: the alignment starts from identity)
+    q0, q1, st = refine_matches(im, warped, k0, k1, m)
+    assert st.accepted > 0.5 * n
+    with pytest.raises(ValueError, match="do not exist"):
+        refine_matches(im, warped, k0, k1, np.array([[0, n + 5]]))

@@ -35,19 +35,23 @@ from lift.bench.report import markdown_report, read_json  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data"
 
 
+#: methods also scored with their matches refined before the homography fit (``--refine``)
+REFINE = "lift,sift"
+
+
 def _runs(methods: str, max_keypoints: int):
     common = ["--methods", methods, "--max-keypoints", str(max_keypoints), "--quiet"]
     return {
         "homography": ("Oxford boat and iguazu (HPatches-style MMA, D2-Net protocol)",
                        SHARED / "homography",
-                       ["homography", "--data", str(SHARED / "homography")] + common),
+                       ["homography", "--data", str(SHARED / "homography"), "--refine", REFINE] + common),
         "homography-synthetic": ("Synthetic homographies (zoom up to 4x, rotation up to 30°) + "
                                  "photometric change on held-out photos (Urban100 img_091-099, 640 px)",
                                  SHARED / "photos" / "Urban100",
                                  ["homography", "--data", str(SHARED / "photos" / "Urban100"),
                                   "--glob", "img_09[1-9].*", "--max-size", "640",
                                   "--pairs-per-image", "5", "--seed", "0", "--max-zoom", "4",
-                                  "--max-rotation", "30"] + common),
+                                  "--max-rotation", "30", "--refine", REFINE] + common),
         "pose": ("Strecha castle-P19 + entry-P10, relative pose", SHARED / "sfm" / "strecha",
                  ["pose", "--data", str(SHARED / "sfm" / "strecha"), "--max-size", "1024",
                   "--gaps", "1,2"] + common),

@@ -16,7 +16,7 @@ Usage::
     python tools/bench_sfm.py --methods lift,sift,colmap --max-keypoints 2048
 
 A method is a ``lift-sfm`` extractor name (``lift``, ``sift``, ...), optionally with
-``+norefine`` (the same without the keypoint refinement, :mod:`lift.sfm.refine`), or
+``+norefine`` (the same without the keypoint refinement, :mod:`correspondence.refine`), or
 ``colmap``.
 """
 from __future__ import annotations
@@ -182,7 +182,7 @@ def report(results, args, path: Path):
         "scale_nms=1 (one scale per location; `ExtractConf.scale_nms`) and subpixel='response' (positions "
         "from the detector's continuous response; `ExtractConf.subpixel`), exhaustive pairs, mutual NN "
         f"matching, our batched F-RANSAC (Sampson {args.verify_threshold:g} px, >= 15 inliers), keypoints of "
-        "each verified track moved onto one point by patch alignment (`lift.sfm.refine`, defaults; "
+        "each verified track moved onto one point by patch alignment (`correspondence.refine`, defaults; "
         "`+norefine`: without it), pycolmap incremental mapping. "
         "colmap: pycolmap SIFT extraction (same budget, RootSIFT-normalised, same images), exhaustive SIFT "
         "matching with COLMAP's verification, same mapper. Every mapper runs on 1 thread, the only "

@@ -40,6 +40,13 @@ def skimage_photos(names: Sequence[str] = SKIMAGE_PHOTOS) -> List[np.ndarray]:
     return [getattr(skdata, n)() for n in names]
 
 
+def _refine_arg(text):
+    """``--refine`` -> run_homography_benchmark's ``refine``: absent False, bare True, else a list."""
+    if text is None:
+        return False
+    return True if text == "all" else parse_method_list(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     methods_help = "comma-separated method specs (default: %(default)s); registered: " + \
         ", ".join(available_methods()) + "; 'lift:<name>' selects named weights"
@@ -67,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="robust homography estimator: cv2 (USAC_MAGSAC) or lift (correspondence.find_homography)")
     p.add_argument("--ransac-threshold", type=float, default=3.0, help="inlier threshold (px)")
     p.add_argument("--eps", type=float, default=3.0, help="repeatability / matching-score threshold (px)")
+    p.add_argument("--refine", nargs="?", const="all", default=None, metavar="METHODS",
+                   help="also score each method (or the comma-separated METHODS) with its matches "
+                        "refined before the fit (correspondence.refine_matches): rows '<method>+refine'")
     p.add_argument("--pairs-per-image", type=int, default=5, help="synthetic pairs per image")
     p.add_argument("--max-images", type=int, default=None, help="use at most this many images (synthetic)")
     p.add_argument("--glob", default=None, help="select images of the folder by pattern, e.g. 'img_09*'")
@@ -127,7 +137,8 @@ def _run(args) -> Path:
                                             pattern=args.glob, **warp)
         results = run_homography_benchmark(
             pairs, methods, args.max_keypoints, args.estimator, args.ransac_threshold, args.eps,
-            None if args.no_figures else fig_dir, _figure_pairs(pairs), args.device, args.quiet)
+            None if args.no_figures else fig_dir, _figure_pairs(pairs), args.device, args.quiet,
+            refine=_refine_arg(args.refine))
     elif args.task == "pose":
         data = Path(args.data)
         if builtin or (data.is_dir() and not any(data.rglob("*.camera"))

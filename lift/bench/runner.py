@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -127,7 +127,8 @@ def run_homography_benchmark(pairs: Sequence[HomographyPair], methods: Sequence[
                              max_keypoints: int = 2048, estimator: str = "cv2",
                              ransac_threshold: float = 3.0, eps: float = 3.0,
                              figure_dir: Optional[Path] = None, figure_pairs: Sequence[str] = (),
-                             device=None, quiet: bool = False, log: Callable = print) -> dict:
+                             device=None, quiet: bool = False, log: Callable = print,
+                             refine: Union[bool, Sequence[str]] = False) -> dict:
     """MMA@1..10, homography accuracy @1/3/5 px, repeatability and matching score @``eps`` px,
     keypoint/match counts and extraction time for each method on homography pairs.
 
@@ -137,6 +138,10 @@ def run_homography_benchmark(pairs: Sequence[HomographyPair], methods: Sequence[
         estimator: robust homography estimator (``"cv2"`` or ``"lift"``).
         ransac_threshold: inlier threshold (px) of the estimator.
         figure_dir, figure_pairs: write match pictures for these pair names.
+        refine: also score every method (True) or the listed method specs with their matched
+            keypoints refined before the fit (:func:`correspondence.refine_matches` on all
+            mutual-NN matches), as ``<spec>+refine`` rows from the same features; their ms/img
+            adds the refinement's time per image.
     """
     check_estimator("homography", estimator)
     if not pairs:
@@ -144,28 +149,62 @@ def run_homography_benchmark(pairs: Sequence[HomographyPair], methods: Sequence[
     results = {"task": "homography", "settings": {
         "max_keypoints": max_keypoints, "estimator": estimator, "ransac_threshold": ransac_threshold,
         "eps": eps, "matcher": "mutual nearest neighbour (L2)", "n_pairs": len(pairs),
-        "mma_thresholds": list(M.MMA_THRESHOLDS)}, "methods": {}}
+        "mma_thresholds": list(M.MMA_THRESHOLDS),
+        "refine": refine if isinstance(refine, bool) else ",".join(refine)}, "methods": {}}
+    refined: Dict[str, List[dict]] = {}  # spec -> records with refined keypoints
+    refine_times: Dict[str, List[float]] = {}
+
+    def score(pair, k0, k1, size0, size1, matches):
+        err = M.reprojection_errors(k0, k1, matches, pair.H)
+        H_est, inl = estimate_homography(k0[matches[:, 0]], k1[matches[:, 1]], estimator, ransac_threshold)
+        rep = M.repeatability(k0, k1, pair.H, size0, size1, eps)
+        return err, {"sequence": pair.sequence, "matches": len(matches), "mma": M.match_accuracy(err).tolist(),
+                     "corner_error": M.corner_error(H_est, pair.H, size0),
+                     "inliers": int(inl.sum()),
+                     # trust check of the ground truth: small when GT and the robust fit agree
+                     "inlier_gt_error_median": float(np.median(err[inl])) if inl.any() else float("nan"),
+                     "repeatability": rep["repeatability"],
+                     "matching_score": M.matching_score(k0, k1, matches, pair.H, size0, size1, eps)}
 
     def score_pair(spec, pair, f0, f1, matches):
-        err = M.reprojection_errors(f0.keypoints, f1.keypoints, matches, pair.H)
-        H_est, inl = estimate_homography(f0.keypoints[matches[:, 0]], f1.keypoints[matches[:, 1]],
-                                         estimator, ransac_threshold)
-        rep = M.repeatability(f0.keypoints, f1.keypoints, pair.H, f0.image_size, f1.image_size, eps)
+        err, record = score(pair, f0.keypoints, f1.keypoints, f0.image_size, f1.image_size, matches)
         if figure_dir is not None and pair.name in figure_pairs:
             _match_figure(figure_dir, spec, pair, f0, f1, matches, err <= eps,
                           f"correct at {eps:g} px")
-        return {"sequence": pair.sequence, "matches": len(matches), "mma": M.match_accuracy(err).tolist(),
-                "corner_error": M.corner_error(H_est, pair.H, f0.image_size),
-                "inliers": int(inl.sum()),
-                # trust check of the ground truth: small when GT and the robust fit agree
-                "inlier_gt_error_median": float(np.median(err[inl])) if inl.any() else float("nan"),
-                "repeatability": rep["repeatability"],
-                "matching_score": M.matching_score(f0.keypoints, f1.keypoints, matches, pair.H,
-                                                   f0.image_size, f1.image_size, eps)}
+        if refine is True or (not isinstance(refine, bool) and spec in refine):
+            from correspondence.refine import refine_matches
 
-    results["methods"] = _evaluate_pairs(pairs, methods, max_keypoints, device, quiet, log,
-                                         score_pair, _homography_summary)
+            t0 = time.perf_counter()
+            k0, k1, _ = refine_matches(_grey(pair.image0.load()), _grey(pair.image1.load()), f0.keypoints,
+                                       f1.keypoints, matches, f0.scales, f1.scales, f0.oris, f1.oris)
+            refine_times.setdefault(spec, []).append((time.perf_counter() - t0) / 2)
+            r = score(pair, k0, k1, f0.image_size, f1.image_size, matches)[1]
+            refined.setdefault(spec, []).append({"pair": pair.name, "group": pair.group,
+                                                 "keypoints0": len(f0), "keypoints1": len(f1), **r})
+        return record
+
+    out = _evaluate_pairs(pairs, methods, max_keypoints, device, quiet, log, score_pair,
+                          _homography_summary)
+    results["methods"] = {}
+    for spec, entry in out.items():
+        results["methods"][spec] = entry
+        if spec in refined:
+            summary = _homography_summary(refined[spec])
+            summary["matches_mean"] = float(np.mean([r["matches"] for r in refined[spec]]))
+            summary["keypoints_mean"] = entry["summary"]["keypoints_mean"]
+            summary["time_ms_median"] = entry["summary"]["time_ms_median"] + 1000 * float(np.median(refine_times[spec]))
+            results["methods"][f"{spec}+refine"] = {
+                "status": "ok", "description": entry["description"] + ", matches refined "
+                "(correspondence.refine_matches)", "summary": summary, "pairs": refined[spec]}
     return results
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 3:
+        import cv2
+
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return image
 
 
 def _slug(text: str) -> str:

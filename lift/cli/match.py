@@ -7,8 +7,11 @@ Examples::
 
 Matches are mutual nearest neighbours (optionally with a ratio test), verified by a RANSAC
 homography (``--geometry homography``, default) or fundamental matrix (``--geometry
-fundamental``); inliers are drawn in green, outliers in red. With the built-in pair the
-ground-truth homography is known and the mean corner error is printed.
+fundamental``); inliers are drawn in green, outliers in red. ``--refine`` moves the matched
+keypoints onto common points by patch alignment before the fit
+(:func:`correspondence.refine_matches`: more accurate homographies, for ~0.2 s per pair on a
+CPU). With the built-in pair the ground-truth homography is known and the mean corner error is
+printed.
 """
 from __future__ import annotations
 
@@ -68,6 +71,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threshold", type=float, default=3.0, help="RANSAC threshold in pixels")
     parser.add_argument("--device", default=None)
     parser.add_argument("--model", default="default")
+    parser.add_argument("--refine", action="store_true",
+                        help="refine the matched keypoints by patch alignment before the fit")
     args = parser.parse_args(argv)
 
     from correspondence import match_descriptors
@@ -90,7 +95,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     matches, _ = match_descriptors(f0.descriptors, f1.descriptors,
                                    method="mnn_ratio" if args.ratio else "mnn", ratio=args.ratio)
-    k0, k1 = f0.keypoints[matches[:, 0]], f1.keypoints[matches[:, 1]]
+    kp0, kp1 = f0.keypoints, f1.keypoints
+    if args.refine and len(matches):
+        from correspondence import refine_matches
+
+        kp0, kp1, _ = refine_matches(img0, img1, kp0, kp1, matches, f0.scales, f1.scales, f0.oris,
+                                     f1.oris, device=args.device)
+    k0, k1 = kp0[matches[:, 0]], kp1[matches[:, 1]]
     inliers, model = None, None
     if args.geometry != "none" and len(matches) >= 8:
         from correspondence import find_fundamental, find_homography

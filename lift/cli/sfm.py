@@ -8,7 +8,7 @@ Example::
 
 Writes ``out/features.h5``, ``out/pairs.txt``, ``out/matches.h5`` (hloc layouts),
 ``out/database.db`` (COLMAP; the keypoints of every verified track moved onto one common point
-by patch alignment, ``lift.sfm.refine``, unless ``--no-refine``) and the models in COLMAP's
+by patch alignment, ``correspondence.refine``, unless ``--no-refine``) and the models in COLMAP's
 binary format under ``out/sparse/`` (largest first, ``sparse/0``). Re-running skips finished steps unless ``--overwrite``; a
 step whose settings changed (``out/lift-sfm.json``, ``features.h5``'s ``extract_conf``) is
 recomputed with the steps after it.
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inlier threshold px (default 1.0 Sampson for lift, 4.0 for colmap)")
     g.add_argument("--no-refine", action="store_true",
                    help="store the detected keypoint positions instead of moving the keypoints of "
-                        "each verified track onto one common point (lift.sfm.refine)")
+                        "each verified track onto one common point (correspondence.refine)")
     g = p.add_argument_group("cameras")
     g.add_argument("--camera-model", default="SIMPLE_RADIAL", help="COLMAP camera model name")
     g.add_argument("--camera-params", type=_params, default=None,

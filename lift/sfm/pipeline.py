@@ -7,7 +7,7 @@ can take over at any step)::
     OUTPUT_DIR/pairs.txt     hloc pairs (lift.sfm.pairs)
     OUTPUT_DIR/matches.h5    hloc matches (lift.sfm.match)
     OUTPUT_DIR/database.db   COLMAP database with verified two-view geometries and the keypoints
-                             of verified tracks refined (lift.sfm.verify, lift.sfm.refine)
+                             of verified tracks refined (lift.sfm.verify, correspondence.refine)
     OUTPUT_DIR/sparse/0..    COLMAP binary models, largest first (lift.sfm.reconstruct)
 
 A step whose output exists is skipped (re-running resumes), unless its settings changed since

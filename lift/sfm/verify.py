@@ -12,7 +12,7 @@ radians) and raw matches; then each pair's two-view geometry, from
   ``threshold`` as its RANSAC max error).
 
 Then, unless ``conf.refine`` is None, the keypoints of every track of verified matches are
-moved onto one common point by patch alignment (:mod:`.refine`; the database's keypoints are
+moved onto one common point by patch alignment (:mod:`correspondence.refine`; the database's keypoints are
 updated in place, ``features.h5`` keeps the detected positions). Measured on Strecha entry-P10
 with lift features (``tools/bench_sfm.py``): mean reprojection error 0.475 -> 0.375 px, median
 camera-centre error 21.5 -> 18.8 mm.
@@ -38,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from correspondence.ransac import find_fundamental
+from correspondence.refine import RefineConf, RefineStats, refine_keypoints
 
 from ..colmap.compat import verify_matches_colmap
 from ..colmap.database import (CameraSpec, add_cameras_and_images, open_database, read_database,
@@ -48,7 +49,6 @@ from ..h5io import list_feature_names
 from ..image import load_image
 from .match import read_matches
 from .pairs import parse_pairs
-from .refine import RefineConf, RefineStats, refine_keypoints
 
 __all__ = ["VerifyConf", "verify_pairs", "fundamental_to_colmap", "main"]
 
@@ -66,7 +66,7 @@ class VerifyConf:
         batch_pairs: pairs per RANSAC call [32].
         device: torch device of the RANSAC and of the keypoint refinement.
         refine: track-consistent keypoint refinement after verification
-            (:class:`lift.sfm.refine.RefineConf`), None to store the detected positions
+            (:class:`correspondence.refine.RefineConf`), None to store the detected positions
             [RefineConf()].
     """
 
@@ -156,7 +156,7 @@ class _Images(Sequence):
 
 def refine_database(database: Path, image_dir: Path, names: Sequence[str],
                     feats: Dict[str, Features], conf: RefineConf, device=None) -> RefineStats:
-    """Refine the keypoints of the verified tracks of ``database`` (:mod:`.refine`) and write
+    """Refine the keypoints of the verified tracks of ``database`` (:mod:`correspondence.refine`) and write
     the new positions into it. ``feats``: the stored keypoints (lift convention) by name."""
     contents = read_database(database)
     index = {n: i for i, n in enumerate(names)}

@@ -1,4 +1,9 @@
-"""Track-consistent keypoint refinement before mapping (SfM step 4b, inside :mod:`.verify`).
+"""Match refinement: the keypoints of each track of matches moved onto one common point.
+
+Used by ``lift-sfm`` before mapping (:mod:`lift.sfm.verify`) and, for two images, by
+:func:`refine_matches` (e.g. before a homography fit: on the synthetic-warp benchmark it raises
+homography accuracy within 3 px from 55.6 to 71.1 % with lift features and keeps SIFT's at
+68.9 %, ``BENCHMARKS.md``).
 
 A detector places the same physical point slightly differently in each view (lift and SIFT
 alike: the median re-detection error after a known warp is 0.1-0.2 px, the 90th percentile
@@ -46,9 +51,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..glue import build_pyramid, pyramid_atlas, pyramid_depth, pyramid_level
+from lift.glue import build_pyramid, pyramid_atlas, pyramid_depth, pyramid_level
 
-__all__ = ["RefineConf", "RefineStats", "build_tracks", "refine_keypoints"]
+__all__ = ["RefineConf", "RefineStats", "build_tracks", "refine_keypoints", "refine_matches"]
 
 
 @dataclass
@@ -338,3 +343,45 @@ def refine_keypoints(images: Sequence, keypoints: Sequence[np.ndarray], scales: 
     sh = np.concatenate(shifts) if shifts else np.zeros(0)
     stats.median_shift = float(np.median(sh)) if len(sh) else 0.0
     return out, stats
+
+
+def refine_matches(image0, image1, keypoints0: np.ndarray, keypoints1: np.ndarray, matches: np.ndarray,
+                   scales0=None, scales1=None, oris0=None, oris1=None, conf: RefineConf = RefineConf(),
+                   device=None) -> Tuple[np.ndarray, np.ndarray, RefineStats]:
+    """Refine the matched keypoints of two images (each match is a track of two keypoints;
+    the keypoint with the smaller scale is the reference and stays).
+
+    Args:
+        image0, image1: grey ``H x W`` images (uint8, or float in [0, 1]).
+        keypoints0, keypoints1: ``N0 x 2`` / ``N1 x 2`` pixels (top-left pixel centre (0, 0)).
+        matches: ``K x 2`` indices ``(i0, i1)``; verified matches (RANSAC inliers) work best,
+            wrong ones are mostly left alone by the acceptance tests.
+        scales0, scales1: sigma per keypoint, pixels (``Features.scales``; default 2 px).
+        oris0, oris1: orientation per keypoint, radians from +x towards +y (``Features.oris``;
+            default 0: then the alignment starts from no rotation).
+        conf, device: see :func:`refine_keypoints`.
+
+    Returns:
+        ``(keypoints0', keypoints1', stats)``: all keypoints (``N0 x 2`` / ``N1 x 2`` float32),
+        the matched ones moved where accepted.
+
+    Example::
+
+        k0, k1, _ = refine_matches(img0, img1, f0.keypoints, f1.keypoints, inliers,
+                                   f0.scales, f1.scales, f0.oris, f1.oris)
+        H, _ = find_homography(k0[inliers[:, 0]], k1[inliers[:, 1]], threshold=3.0)
+    """
+    k0 = np.asarray(keypoints0, np.float32).reshape(-1, 2)
+    k1 = np.asarray(keypoints1, np.float32).reshape(-1, 2)
+    m = np.asarray(matches, np.int64).reshape(-1, 2)
+    if len(m) and (m.min() < 0 or m[:, 0].max() >= len(k0) or m[:, 1].max() >= len(k1)):
+        raise ValueError("matches index keypoints that do not exist")
+
+    def default(v, n, value):
+        return np.full(n, value, np.float32) if v is None else np.asarray(v, np.float32).reshape(-1)
+
+    (r0, r1), stats = refine_keypoints([image0, image1], [k0, k1],
+                                       [default(scales0, len(k0), 2.0), default(scales1, len(k1), 2.0)],
+                                       [default(oris0, len(k0), 0.0), default(oris1, len(k1), 0.0)],
+                                       [(0, 1, m)], conf, device)
+    return r0, r1, stats
