@@ -376,3 +376,15 @@ def test_keypoint_refinement_lowers_reprojection_error(reconstruction, scene, tm
         stats.append(model_stats(read_model(model)))
     assert stats[0].registered == stats[1].registered == 6
     assert stats[1].reprojection_error < 0.8 * stats[0].reprojection_error
+
+
+def test_extract_signature_records_the_noise_threshold():
+    """The lift extractor's pre-smoothing setting is part of what features.h5 records, so
+    features made with another setting are not reused (lift.denoise)."""
+    default, off = ExtractConf(), ExtractConf(noise_threshold=None)
+    assert default.signature()["noise_threshold"] == 8.0 and off.signature()["noise_threshold"] is None
+    assert "noise_threshold" not in ExtractConf("sift").signature()
+    from lift.cli.sfm import build_parser
+
+    args = build_parser().parse_args(["in", "out", "--noise-threshold", "0"])
+    assert args.noise_threshold == 0.0  # main() maps <= 0 to None (disabled)

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale-nms", type=int, default=1,
                    help="lift: neighbouring scales a keypoint must beat (0, the matching default, "
                         "gives near-duplicate tracks)")
+    g.add_argument("--noise-threshold", type=float, default=8.0,
+                   help="lift: smooth images whose estimated noise std exceeds this (grey levels); "
+                        "<= 0 disables (lift.denoise)")
     g.add_argument("--subpixel", default="response", choices=["response", "quadratic"],
                    help="lift: sub-pixel positions from the detector's continuous response "
                         "(precise; also the matching default) or a quadratic fit to its scores")
@@ -93,7 +96,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         threshold = args.verify_threshold or (1.0 if args.verifier == "lift" else 4.0)
         conf = SfMConfig(
             extract=ExtractConf(args.extractor, args.max_keypoints, args.resize_max, args.model,
-                                args.device, args.num_workers, args.scale_nms, args.subpixel),
+                                args.device, args.num_workers, args.scale_nms, args.subpixel,
+                                args.noise_threshold if args.noise_threshold > 0 else None),
             pairs=args.pairs,
             match=MatchConf(args.matcher, args.ratio, args.device),
             verify=VerifyConf(args.verifier, threshold, device=args.device,

@@ -76,6 +76,8 @@ class ExtractConf:
             on the benchmark scenes it gives 2-20 % more 3-D points and a lower reprojection
             error than the arg-max of the response it replaced (``tools/bench_sfm.py``;
             ``BENCHMARKS.md``).
+        noise_threshold: the ``lift`` extractor's :class:`lift.LIFTConfig` ``noise_threshold``
+            (noise-adaptive pre-smoothing, :mod:`lift.denoise`; ``None`` disables) [8.0].
     """
 
     extractor: str = "lift"
@@ -86,6 +88,7 @@ class ExtractConf:
     num_workers: int = 2
     scale_nms: int = 1
     subpixel: str = "response"
+    noise_threshold: Optional[float] = LIFTConfig.noise_threshold
 
     def signature(self) -> Dict[str, object]:
         """The settings that determine the features (not ``device`` or ``num_workers``), as
@@ -98,7 +101,7 @@ class ExtractConf:
         if self.extractor == "lift":
             sig.update(model=str(self.model), weights_sha1=_weights_sha1(self.model),
                        scale_nms=int(self.scale_nms), subpixel=str(self.subpixel),
-                       noise_threshold=LIFTConfig.noise_threshold)
+                       noise_threshold=None if self.noise_threshold is None else float(self.noise_threshold))
             if self.subpixel == "response":
                 from ..subpixel import REVISION
 
@@ -137,6 +140,7 @@ def _lift(conf: ExtractConf) -> Extractor:
     from ..pipeline import LIFT
 
     model = LIFT(conf.model, device=conf.device, scale_nms=conf.scale_nms, subpixel=conf.subpixel,
+                 noise_threshold=conf.noise_threshold,
                  max_keypoints=conf.max_keypoints if conf.max_keypoints > 0 else None)
     return model.extract
 
