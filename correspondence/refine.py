@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from lift.glue import build_pyramid, pyramid_atlas, pyramid_depth, pyramid_level
+from lift.image import to_gray_tensor
 
 __all__ = ["RefineConf", "RefineStats", "build_tracks", "refine_keypoints", "refine_matches"]
 
@@ -191,7 +192,8 @@ def refine_keypoints(images: Sequence, keypoints: Sequence[np.ndarray], scales: 
     """Move the keypoints of every track onto one common point (see the module docstring).
 
     Args:
-        images: per image, grey ``H x W`` (uint8 numpy, or float in [0, 1]).
+        images: per image, grey ``H x W`` (numpy or torch; dtypes as
+            :func:`lift.image.to_gray_tensor`: uint8, uint16, float in [0, 1] or 0..255).
         keypoints: per image ``N_i x 2`` pixels (top-left pixel centre (0, 0)).
         scales: per image ``N_i`` sigma in pixels. oris: per image ``N_i`` radians, from +x
             towards +y (clockwise on screen).
@@ -237,17 +239,18 @@ def refine_keypoints(images: Sequence, keypoints: Sequence[np.ndarray], scales: 
     uu = torch.stack([u.repeat(g), u.repeat_interleave(g)], 1)  # P x 2, (x, y)
     w = torch.exp(-0.5 * (uu ** 2).sum(1) / 0.5 ** 2)
     w = w / w.sum()
+    unit = torch.eye(2, dtype=dt, device=dev)
     radius_of = lambda s: np.maximum(conf.radius * s, conf.min_radius).astype(np.float32)  # noqa: E731
     max_step = float(radius_of(sc_all[in_track]).max()) * 2.0 / (g - 1) * conf.max_stretch * 2
 
     def sampler(i: int) -> _ImageSampler:
         # built when an image is visited, not kept (bounded memory on large collections):
         # each image is visited at most twice, for its templates and for its own keypoints
-        t = torch.as_tensor(np.asarray(images[i]), device=dev)
-        t = t.to(dt) / 255.0 if t.dtype == torch.uint8 else t.to(dt)
-        if t.ndim != 2:
-            raise ValueError(f"refine_keypoints needs grey H x W images, got shape {tuple(t.shape)}")
-        return _ImageSampler(t, max_step)
+        im = images[i]
+        if im.ndim != 2:
+            raise ValueError(f"refine_keypoints needs grey H x W images, got shape {tuple(im.shape)}")
+        # the library's one input rule (uint8 / uint16 / floats in [0, 1] or 0..255; NaN raises)
+        return _ImageSampler(to_gray_tensor(im, device=dev)[0], max_step)
 
     # templates, per reference image
     refs = np.unique(mref)
@@ -275,12 +278,13 @@ def refine_keypoints(images: Sequence, keypoints: Sequence[np.ndarray], scales: 
             node, rnode = movers[sel], mref[sel]
             k = torch.from_numpy(np.array([slot[r] for r in rnode.tolist()])).to(dev)
             T = tmpl[k]
-            d = torch.from_numpy(radius_of(sc_all[rnode])).to(dev)[:, None, None] * uu  # N x P x 2
+            rad = torch.from_numpy(radius_of(sc_all[rnode])).to(dev)
+            d = rad[:, None, None] * uu  # N x P x 2 template offsets, reference-image pixels
             p0 = torch.from_numpy(kp_all[node]).to(dev)
             ratio = torch.from_numpy(sc_all[node] / sc_all[rnode]).to(dev)
             A = ratio[:, None, None] * _rotation(torch.from_numpy(or_all[node] - or_all[rnode]).to(dev))
             p = p0.clone()
-            step0 = torch.from_numpy(radius_of(sc_all[rnode])).to(dev) * 2.0 / (g - 1)
+            step0 = rad * 2.0 / (g - 1)
             gain = torch.ones(len(sel), dtype=dt, device=dev)
             bias = torch.zeros(len(sel), dtype=dt, device=dev)
             lam = torch.full((len(sel),), 1e-3, dtype=dt, device=dev)
@@ -290,11 +294,8 @@ def refine_keypoints(images: Sequence, keypoints: Sequence[np.ndarray], scales: 
                 lev = s.level(step0 * A_scale)
                 hpx = 0.5 * torch.exp2(lev.to(dt))[:, None, None]  # +-0.5 level pixel, image px
                 x = p[:, None] + torch.einsum("nij,npj->npi", A, d)
-                ex = torch.zeros_like(x)
-                ex[..., 0] = 1.0
-                ey = torch.zeros_like(x)
-                ey[..., 1] = 1.0
-                pts = torch.cat([x, x - hpx * ex, x + hpx * ex, x - hpx * ey, x + hpx * ey], 1)
+                ex, ey = hpx * unit[0], hpx * unit[1]  # N x 1 x 2 steps along x and y
+                pts = torch.cat([x, x - ex, x + ex, x - ey, x + ey], 1)
                 vals = s(pts, lev).view(len(sel), 5, -1)
                 I = vals[:, 0]
                 gx = (vals[:, 2] - vals[:, 1]) / (2 * hpx[:, :, 0])

@@ -101,6 +101,26 @@ def test_wrong_matches_and_flat_images_keep_their_positions(pair):
     np.testing.assert_array_equal(f1, k1)
 
 
+def test_images_read_by_the_library_input_rule(pair):
+    """uint8, uint16 and float (0..1 or 0..255) versions of the same images refine alike; NaN
+    pixels raise (lift.image.to_gray_tensor), not silently zero."""
+    from lift.image import ImageError
+
+    im, warped, (k0, s0, o0), (k1, s1, o1) = pair
+    m = np.stack([np.arange(len(k0))] * 2, 1)
+    args = ([k0, k1], [s0, s1], [o0, o1], [(0, 1, m)])
+    ref, _ = refine_keypoints([im, warped], *args)
+    for conv in (lambda a: a.astype(np.uint16) * 257, lambda a: a.astype(np.float32),
+                 lambda a: a.astype(np.float32) / 255.0):
+        out, _ = refine_keypoints([conv(im), conv(warped)], *args)
+        for a, b in zip(out, ref):
+            np.testing.assert_allclose(a, b, atol=1e-3)
+    bad = im.astype(np.float32)
+    bad[10, 10] = np.nan
+    with pytest.raises(ImageError):
+        refine_keypoints([bad, warped], *args)
+
+
 def test_build_tracks_components_and_degrees():
     edges = [(0, 1, np.array([[0, 1], [2, 0]])), (1, 2, np.array([[1, 0]]))]
     label, degree, offsets = build_tracks([3, 2, 1], edges)

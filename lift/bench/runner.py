@@ -23,7 +23,7 @@ from ..features import Features
 from . import metrics as M
 from .estimators import check_estimator, estimate_homography, estimate_relative_pose
 from .methods import Method, MethodUnavailable, load_method, time_extraction
-from .readers import HomographyPair, ImageRef, PosePair
+from .readers import HomographyPair, ImageRef, PosePair, _to_gray_uint8
 
 __all__ = ["run_homography_benchmark", "run_pose_benchmark", "run_speed_benchmark",
            "match_features", "load_methods"]
@@ -175,8 +175,9 @@ def run_homography_benchmark(pairs: Sequence[HomographyPair], methods: Sequence[
             from correspondence.refine import refine_matches
 
             t0 = time.perf_counter()
-            k0, k1, _ = refine_matches(_grey(pair.image0.load()), _grey(pair.image1.load()), f0.keypoints,
-                                       f1.keypoints, matches, f0.scales, f1.scales, f0.oris, f1.oris)
+            k0, k1, _ = refine_matches(_to_gray_uint8(pair.image0.load()), _to_gray_uint8(pair.image1.load()),
+                                       f0.keypoints, f1.keypoints, matches, f0.scales, f1.scales,
+                                       f0.oris, f1.oris)
             refine_times.setdefault(spec, []).append((time.perf_counter() - t0) / 2)
             r = score(pair, k0, k1, f0.image_size, f1.image_size, matches)[1]
             refined.setdefault(spec, []).append({"pair": pair.name, "group": pair.group,
@@ -198,13 +199,6 @@ def run_homography_benchmark(pairs: Sequence[HomographyPair], methods: Sequence[
                 "(correspondence.refine_matches)", "summary": summary, "pairs": refined[spec]}
     return results
 
-
-def _grey(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 3:
-        import cv2
-
-        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    return image
 
 
 def _slug(text: str) -> str:
